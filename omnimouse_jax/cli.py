@@ -1,0 +1,90 @@
+"""The `omnimouse` command: parses arguments and dispatches to the module that owns each command.
+
+Every command module exposes `add_arguments(parser)` and `run(args) -> int | None`, and keeps heavy imports (jax, flax)
+inside `run` so that `omnimouse --help` stays fast. A command whose module is absent is not offered.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+from omnimouse_jax.errors import UserError
+
+# (group, name) -> (module, one-line help). Group None means a top-level command.
+COMMANDS = {
+    (None, "demo"): ("omnimouse_jax.demo", "synthesize digital mice, run the scaling demo, write a report"),
+    ("data", "synth"): ("omnimouse_jax.data.synthetic", "write ground-truth digital mice (store or Sensorium layout)"),
+    ("data", "import-sensorium"): ("omnimouse_jax.data.sensorium", "import Sensorium 2023 folders or zips"),
+    ("data", "import-experanto"): ("omnimouse_jax.data.experanto", "import OmniMouse (experanto) session folders"),
+    ("data", "import-nwb"): ("omnimouse_jax.data.nwb", "import two-photon NWB files"),
+    ("data", "info"): ("omnimouse_jax.data.info", "summarize a session store"),
+    ("data", "check"): ("omnimouse_jax.data.validate", "validate a session store; exit 0 only if sound"),
+    (None, "train"): ("omnimouse_jax.train.trainer", "train a model from a config; resumes from the workdir"),
+    (None, "evaluate"): ("omnimouse_jax.evaluate.report", "evaluate a trained workdir in every regime"),
+    (None, "sweep"): ("omnimouse_jax.scaling.sweep", "run or emit every run of a sweep"),
+    (None, "finetune"): ("omnimouse_jax.train.finetune", "adapt a pretrained model to new mice"),
+    (None, "fit"): ("omnimouse_jax.scaling.fit_command", "fit a scaling law with bootstrap intervals"),
+    (None, "figures"): ("omnimouse_jax.scaling.figures", "scaling figures and tables from a sweep"),
+}
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnimouse", description="OmniMouse-JAX: brain foundation models and their scaling.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    top.required = True
+    groups = {}
+    for (group, name), (module, help_text) in COMMANDS.items():
+        if not _available(module):
+            continue
+        if group is None:
+            container = top
+        else:
+            if group not in groups:
+                group_parser = top.add_parser(group, help=f"{group} commands")
+                groups[group] = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+                groups[group].required = True
+            container = groups[group]
+        sub = container.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return dispatch(args._module, args, debug=args.debug or os.environ.get("OMNIMOUSE_DEBUG") == "1")
+
+
+def dispatch(module: str, args: argparse.Namespace, debug: bool = False) -> int:
+    """Runs a command module, turning errors into one line on stderr and the contract's exit codes."""
+    try:
+        code = importlib.import_module(module).run(args)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"omnimouse: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("omnimouse: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI promises one line and exit 1 for anything unexpected
+        if debug:
+            raise
+        print(f"omnimouse: error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
