@@ -537,14 +537,17 @@ class Session:
     def __reduce__(self):  # worker processes reopen the session instead of pickling tensorstore handles
         return (Session, (self.root, self.name))
 
+    def read_async(self, start: int, stop: int, fields=CORE_FIELDS) -> dict:
+        """Tensorstore futures for samples [start, stop): lets a caller issue many window reads before awaiting any."""
+        if not 0 <= start < stop <= self.n_samples:
+            raise IndexError(f"session {self.name}: window [{start}, {stop}) outside [0, {self.n_samples})")
+        return {f: self._arrays[f][start:stop].read() for f in fields}
+
     def read(self, start: int, stop: int, neurons=None, fields=CORE_FIELDS) -> dict[str, np.ndarray]:
         """Arrays for samples [start, stop) in stored dtypes (responses float32/float16, video uint8, others float32).
 
         `neurons`: optional integer index array selecting response columns. Fields may include extra fields."""
-        if not 0 <= start < stop <= self.n_samples:
-            raise IndexError(f"session {self.name}: window [{start}, {stop}) outside [0, {self.n_samples})")
-        futures = {f: self._arrays[f][start:stop].read() for f in fields}
-        out = {f: fut.result() for f, fut in futures.items()}
+        out = {f: fut.result() for f, fut in self.read_async(start, stop, fields).items()}
         if neurons is not None and "responses" in out:
             out["responses"] = out["responses"][:, np.asarray(neurons)]
         return out

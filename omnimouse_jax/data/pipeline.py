@@ -1,0 +1,288 @@
+"""The input pipeline: session store -> 2-second windows -> padded per-host numpy batches (grain Dataset API).
+
+Training draws random windows from the train tier of the selected sessions, mixed across sessions by weight; evaluation
+walks a tier with deterministic strided windows so that every sample is evaluated exactly once. Each *global* batch is
+a pure function of (seed, batch index): every process computes the same window choices and reads only its own slice,
+so the data a model sees does not depend on how many processes share the work, and the grain iterator state (the next
+batch index) is all a checkpoint needs to resume exactly.
+
+Batch fields (B = per-host batch, T = block samples, N = max_neurons, C = len(BEHAVIOR_CHANNELS)):
+  responses      float32 (B, T, N)  divided by each neuron's train-tier std (non-negative: Poisson targets); pad 0
+  neuron_mask    bool    (B, N)     real neurons first, in a random order per example, padding after
+  neuron_index   int32   (B, N)     row in the global neuron table (SessionLayout); padding 0
+  session_index  int32   (B,)       animal_index int32 (B,)
+  video          uint8   (B, T, H, W)
+  behavior       float32 (B, T, C)  standardized with train-tier statistics; absent channels 0
+  behavior_mask  bool    (B, C)
+  example_mask   bool    (B,)       False for the padding examples of a last evaluation batch
+  eval_mask      bool    (B, T)     evaluation: samples this window is the first to cover; training: all True
+  window_start   int32   (B,)       first sample of the window in its session; trial_index int32 (B,) source index
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.errors import UserError
+
+# The model's behavior channels, in its order; sources are mapped by name.
+BEHAVIOR_CHANNELS = ("pupil_dilation", "running_speed", "pupil_x", "pupil_y", "pupil_dilation_derivative")
+RESPONSE_STD_FLOOR = 1e-2  # as a fraction of the session's mean std: keeps near-silent neurons from exploding
+_FIELDS = ("responses", "video", "behavior")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SessionWindows:
+    """Where windows of one session may start: per eligible trial, its first start and number of starts."""
+
+    trial_rows: np.ndarray
+    first_start: np.ndarray
+    n_starts: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(self.n_starts.sum())
+
+    def start(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sample start, trial row) of the k-th window start, k in [0, total)."""
+        cumulative = np.cumsum(self.n_starts)
+        j = np.searchsorted(cumulative, k, side="right")
+        before = cumulative[j] - self.n_starts[j]
+        return self.first_start[j] + (k - before), self.trial_rows[j]
+
+
+def _eligible_trials(session, tiers: Sequence[str], block: int, fraction: float, require_responses: bool) -> np.ndarray:
+    """Rows of the session's trials in `tiers` that can hold a block; with `fraction`, the first share of them.
+
+    Taking a prefix of the trials (in source order) makes smaller fractions nested in larger ones, as a data-size sweep
+    needs."""
+    t = session.trials
+    ok = np.isin(t["tier"], list(tiers)) & ((t["stop"] - t["start"]) >= block)
+    if require_responses:
+        ok &= t["has_responses"]
+    rows = np.flatnonzero(ok)
+    rows = rows[np.argsort(t["source_index"][rows], kind="stable")]
+    if fraction < 1.0 and len(rows):
+        rows = rows[: max(1, int(round(fraction * len(rows))))]
+    return np.sort(rows)
+
+
+class _Normalizer:
+    """Per-session scaling from train-tier statistics, and the channel map to BEHAVIOR_CHANNELS."""
+
+    def __init__(self, session):
+        stats = session.stats
+        std = np.nan_to_num(stats["responses"]["std"].astype(np.float64), nan=0.0)
+        mean_std = float(std.mean()) if std.size and std.mean() > 0 else 1.0
+        self.response_scale = (1.0 / np.maximum(std, RESPONSE_STD_FLOOR * mean_std)).astype(np.float32)
+        names = list(session.behavior_channels)
+        self.behavior_columns = np.array([names.index(c) if c in names else -1 for c in BEHAVIOR_CHANNELS])
+        self.behavior_mask = self.behavior_columns >= 0
+        cols = np.where(self.behavior_mask, self.behavior_columns, 0)
+        mean = np.nan_to_num(stats["behavior"]["mean"][cols].astype(np.float32))
+        std_b = np.nan_to_num(stats["behavior"]["std"][cols].astype(np.float32), nan=1.0)
+        self.behavior_mean = np.where(self.behavior_mask, mean, 0.0).astype(np.float32)
+        self.behavior_scale = np.where(self.behavior_mask, 1.0 / np.maximum(std_b, 1e-6), 0.0).astype(np.float32)
+
+    def behavior(self, raw_TxC: np.ndarray) -> np.ndarray:
+        cols = np.where(self.behavior_mask, self.behavior_columns, 0)
+        x = (raw_TxC[:, cols] - self.behavior_mean) * self.behavior_scale  # absent channels have scale 0
+        x[np.isnan(x)] = 0.0  # a missing sample reads as the channel mean
+        return x
+
+    def responses_to_original(self, scaled, neuron_local_index):
+        """Inverse of the response scaling, for reporting in the source's units."""
+        return np.asarray(scaled) / self.response_scale[np.asarray(neuron_local_index)]
+
+
+class _Reader:
+    """Reads and assembles examples; shared by the training and evaluation datasets."""
+
+    def __init__(self, store, layout: SessionLayout, block: int, max_neurons: int):
+        self.layout, self.block, self.max_neurons = layout, block, max_neurons
+        self.sessions = [store.session(name) for name in layout.names]
+        shapes = {s.frame_shape for s in self.sessions}
+        if len(shapes) != 1:
+            raise UserError(f"config.data.sessions: sessions have different frame shapes {sorted(shapes)}; "
+                            "select sessions with one frame shape")
+        self.frame_shape = shapes.pop()
+        self.normalizers = [_Normalizer(s) for s in self.sessions]
+
+    def read(self, examples: list[tuple[int, int, int, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """examples: (session k, start, trial row, neuron local indices, eval mask (T,)); None entries are padding."""
+        B, T, N = len(examples), self.block, self.max_neurons
+        futures = [None if ex is None else self.sessions[ex[0]].read_async(ex[1], ex[1] + T, _FIELDS)
+                   for ex in examples]
+        batch = {
+            "responses": np.zeros((B, T, N), np.float32),
+            "neuron_mask": np.zeros((B, N), bool),
+            "neuron_index": np.zeros((B, N), np.int32),
+            "session_index": np.zeros((B,), np.int32),
+            "animal_index": np.zeros((B,), np.int32),
+            "video": np.zeros((B, T, *self.frame_shape), np.uint8),
+            "behavior": np.zeros((B, T, len(BEHAVIOR_CHANNELS)), np.float32),
+            "behavior_mask": np.zeros((B, len(BEHAVIOR_CHANNELS)), bool),
+            "example_mask": np.zeros((B,), bool),
+            "eval_mask": np.zeros((B, T), bool),
+            "window_start": np.zeros((B,), np.int32),
+            "trial_index": np.zeros((B,), np.int32),
+        }
+        for b, (ex, fut) in enumerate(zip(examples, futures)):
+            if ex is None:
+                continue
+            k, start, row, neurons, eval_mask = ex
+            session, norm = self.sessions[k], self.normalizers[k]
+            raw = {f: f_.result() for f, f_ in fut.items()}
+            n = len(neurons)
+            np.multiply(raw["responses"][:, neurons], norm.response_scale[neurons], out=batch["responses"][b, :, :n])
+            batch["neuron_mask"][b, :n] = True
+            batch["neuron_index"][b, :n] = self.layout.row_offsets[k] + neurons
+            batch["session_index"][b] = k
+            batch["animal_index"][b] = self.layout.animal_names.index(self.layout.animals[k])
+            batch["video"][b] = raw["video"]
+            batch["behavior"][b] = norm.behavior(raw["behavior"])
+            batch["behavior_mask"][b] = norm.behavior_mask
+            batch["example_mask"][b] = True
+            batch["eval_mask"][b] = eval_mask
+            batch["window_start"][b] = start
+            batch["trial_index"][b] = session.trials["source_index"][row]
+        return batch
+
+
+def _check_batch(global_batch: int, process_count: int) -> int:
+    if global_batch <= 0 or global_batch % process_count:
+        raise UserError(f"config.train.batch_size={global_batch}: must be a positive multiple of the number of "
+                        f"processes ({process_count})")
+    return global_batch // process_count
+
+
+class TrainWindows:
+    """Random training windows: global batch b is a pure function of (seed, b); this process reads its slice."""
+
+    def __init__(self, store, layout: SessionLayout, *, block: int, max_neurons: int, global_batch: int, seed: int,
+                 fraction: float = 1.0, weighting: str = "proportional", tiers=("train",),
+                 process_index: int = 0, process_count: int = 1):
+        if not 0.0 < fraction <= 1.0:
+            raise UserError(f"config.data.fraction={fraction}: expected a number in (0, 1]")
+        if weighting not in ("proportional", "balanced"):
+            raise UserError(f"config.data.weighting={weighting!r}: expected 'proportional' or 'balanced'")
+        self.reader = _Reader(store, layout, block, max_neurons)
+        self.per_host = _check_batch(global_batch, process_count)
+        self.global_batch, self.seed = global_batch, seed
+        self.process_index = process_index
+        self.windows = []
+        for session in self.reader.sessions:
+            rows = _eligible_trials(session, tiers, block, fraction, require_responses=True)
+            t = session.trials
+            n_starts = (t["stop"][rows] - t["start"][rows] - block + 1).astype(np.int64)
+            self.windows.append(_SessionWindows(rows, t["start"][rows].astype(np.int64), n_starts))
+        totals = np.array([w.total for w in self.windows], np.float64)
+        empty = [layout.names[k] for k in np.flatnonzero(totals == 0)]
+        if empty:
+            raise UserError(f"config.data.sessions: {empty} have no {'/'.join(tiers)} trial with responses of at "
+                            f"least config.data.block_samples={block} samples")
+        weights = totals if weighting == "proportional" else np.ones_like(totals)
+        self.session_probs = weights / weights.sum()
+
+    @property
+    def num_windows(self) -> int:
+        """Distinct window starts available (the unique data, in windows)."""
+        return sum(w.total for w in self.windows)
+
+    def choose(self, batch_index: int) -> list[tuple]:
+        """The global batch's examples: (session, start, trial row, neurons, eval mask), identical on every process."""
+        rng = np.random.default_rng([self.seed, batch_index])
+        sessions = rng.choice(len(self.windows), size=self.global_batch, p=self.session_probs)
+        examples = []
+        for j, k in enumerate(sessions):
+            k = int(k)
+            start, row = self.windows[k].start(rng.integers(self.windows[k].total))
+            neuron_rng = np.random.default_rng([self.seed, batch_index, j])
+            neurons = neuron_rng.permutation(self.reader.layout.n_neurons[k])[: self.reader.max_neurons]
+            examples.append((k, int(start), int(row), neurons, np.ones(self.reader.block, bool)))
+        return examples
+
+    def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+        lo = self.process_index * self.per_host
+        return self.reader.read(self.choose(batch_index)[lo:lo + self.per_host])
+
+
+class EvalWindows:
+    """Deterministic strided windows over a tier; each sample is marked in eval_mask by exactly one window.
+
+    Sessions with more neurons than max_neurons are covered in several neuron chunks of one fixed random order, so each
+    (neuron, sample) is evaluated once. The last global batch is padded (example_mask False)."""
+
+    def __init__(self, store, layout: SessionLayout, *, block: int, max_neurons: int, global_batch: int, seed: int,
+                 tier: str = "test", stride: int | None = None, process_index: int = 0, process_count: int = 1):
+        self.reader = _Reader(store, layout, block, max_neurons)
+        self.per_host = _check_batch(global_batch, process_count)
+        self.global_batch, self.process_index = global_batch, process_index
+        stride = stride or block
+        if not 0 < stride <= block:
+            raise UserError(f"config.eval.stride={stride}: expected 1..block_samples ({block})")
+        self.examples = []
+        for k, session in enumerate(self.reader.sessions):
+            n = layout.n_neurons[k]
+            order = np.random.default_rng([seed, k]).permutation(n)
+            chunks = [order[i:i + max_neurons] for i in range(0, n, max_neurons)]
+            t = session.trials
+            for row in _eligible_trials(session, tier_names(tier), block, 1.0, require_responses=True):
+                for start, mask in _strided_windows(int(t["start"][row]), int(t["stop"][row]), block, stride):
+                    self.examples.extend((k, start, int(row), chunk, mask) for chunk in chunks)
+        if not self.examples:
+            raise UserError(f"split {tier!r}: no trials with responses of at least {block} samples in sessions "
+                            f"{list(layout.names)}")
+
+    def __len__(self) -> int:
+        return -(-len(self.examples) // self.global_batch)
+
+    def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+        lo = batch_index * self.global_batch + self.process_index * self.per_host
+        chosen = self.examples[lo:lo + self.per_host]
+        return self.reader.read(chosen + [None] * (self.per_host - len(chosen)))
+
+
+def tier_names(split: str) -> tuple[str, ...]:
+    """Tiers of a split name: 'validation' is validation + oracle (the paper's convention), 'test' the test tiers."""
+    return {
+        "train": ("train",),
+        "validation": ("validation", "oracle"),
+        "oracle": ("oracle",),
+        "test": ("test", "final_test_main", "live_test_main"),
+        "test_bonus": ("final_test_bonus", "live_test_bonus"),
+    }.get(split, (split,))
+
+
+def _strided_windows(start: int, stop: int, block: int, stride: int):
+    """Windows [s, s+block) every `stride` samples, plus one aligned to the trial's end if needed; each window's mask
+    marks the samples no earlier window covered."""
+    starts = list(range(start, stop - block + 1, stride))
+    if starts[-1] + block < stop:
+        starts.append(stop - block)
+    covered_until = start
+    for s in starts:
+        mask = np.arange(s, s + block) >= covered_until
+        covered_until = s + block
+        yield s, mask
+
+
+def train_dataset(windows: TrainWindows, *, start_batch: int = 0, num_threads: int = 4, prefetch: int = 8):
+    """A grain IterDataset of per-host training batches; its iterator's state is the next global batch index."""
+    import grain
+
+    return (grain.MapDataset.range(start_batch, 2**62)
+            .map(windows)
+            .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+
+
+def eval_dataset(windows: EvalWindows, *, num_threads: int = 4, prefetch: int = 8):
+    """A grain IterDataset over every evaluation batch once, in order."""
+    import grain
+
+    return (grain.MapDataset.range(len(windows))
+            .map(windows)
+            .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
