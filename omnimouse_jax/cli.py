@@ -62,7 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Commands that take a config accept `--config.a.b=v` overrides; anything else unknown is bad usage.
+    if getattr(importlib.import_module(args._module), "ACCEPTS_CONFIG_OVERRIDES", False):
+        from omnimouse_jax.config import split_overrides
+
+        try:
+            extra, args.config_overrides = split_overrides(extra)
+        except UserError as err:
+            parser.error(str(err))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return dispatch(args._module, args, debug=args.debug or os.environ.get("OMNIMOUSE_DEBUG") == "1")
 
 

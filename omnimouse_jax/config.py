@@ -1,0 +1,104 @@
+"""Configs as code: `FILE[:ARG]` names a Python file whose `get_config(ARG)` returns an ml_collections ConfigDict;
+`--config.a.b=v` overrides follow. An override of a key that does not exist fails, naming the closest keys."""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+from pathlib import Path
+
+import ml_collections
+
+from omnimouse_jax.errors import UserError
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Runs `get_config(arg)` of the file in `spec` = 'path/to/file.py[:arg]'."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path}: no such file; expected a Python config file with get_config(arg)")
+    module_spec = importlib.util.spec_from_file_location(f"_omnimouse_config_{abs(hash(file.resolve()))}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"--config {path}: failed to load ({type(err).__name__}: {err})") from None
+    if not hasattr(module, "get_config"):
+        raise UserError(f"--config {path}: defines no get_config(arg)")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"--config {path}: get_config returned {type(config).__name__}, expected a ConfigDict")
+    return config
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        keys.extend(flat_keys(value, name + ".") if isinstance(value, ml_collections.ConfigDict) else [name])
+    return keys
+
+
+def _parse_value(text: str):
+    """Python literals (numbers, tuples, lists, None, True) or JSON; anything else is a string."""
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            continue
+    return text
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets config[key] (dotted) from the command-line text `text`, keeping the field's type."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"--config.{key}: no such config key{hint}")
+    current, value = node[leaf], _parse_value(text)
+    if isinstance(current, bool) and isinstance(value, str):
+        raise UserError(f"--config.{key}={text}: expected true/false (True/False)")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        value = text
+    if current is not None and isinstance(value, (int, float, str, tuple, list, bool)) and not isinstance(
+            value, type(current)) and not (isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):
+        raise UserError(f"--config.{key}={text}: expected a {type(current).__name__} like {current!r}")
+    with node.ignore_type():
+        node[leaf] = value
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates `--config.a.b=v` / `--config.a.b v` overrides from the other arguments."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            key, sep, value = arg[len("--config."):].partition("=")
+            if not sep:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{arg}: expected a value (--config.{key}=VALUE)")
+                value, i = argv[i + 1], i + 1
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def load_config(spec: str, overrides: list[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    config = load_config_file(spec)
+    for key, value in overrides:
+        apply_override(config, key, value)
+    return config

@@ -1,0 +1,67 @@
+"""The paper's optimizer recipe: AdamW with its own learning rate and weight decay for per-session parameters
+(neuron, session and animal tables), linear warmup then constant or cosine, global-norm clipping, optional gradient
+accumulation."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from omnimouse_jax.errors import UserError
+
+SCHEDULES = ("constant", "cosine")
+
+
+def is_per_session(path: tuple) -> bool:
+    """Parameters owned by sessions rather than the shared core: everything under the model's `identity` tables."""
+    return len(path) > 0 and str(path[0]) == "identity"
+
+
+def schedule(peak_lr: float, cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `peak_lr` over config.optim.warmup_steps (the first step already takes a 1/warmup share), then
+    constant (the paper) or a cosine decay to final_lr_fraction x peak at `total_steps`."""
+    warmup = int(cfg.warmup_steps)
+    kind = cfg.get("schedule", "constant")
+    if kind not in SCHEDULES:
+        raise UserError(f"config.optim.schedule={kind!r}: expected one of {SCHEDULES}")
+    final = peak_lr * float(cfg.get("final_lr_fraction", 0.0))
+    decay_steps = max(total_steps - warmup, 1)
+
+    def lr(count):
+        ramp = jnp.minimum(1.0, (count + 1) / max(warmup, 1))
+        if kind == "constant":
+            return peak_lr * ramp
+        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
+        return jnp.where(count < warmup, peak_lr * ramp, final + (peak_lr - final) * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
+
+    return lr
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, dict]:
+    """(transformation, {group: schedule}) for `config.optim`; groups are 'core' and 'session'."""
+    core_lr, session_lr = schedule(cfg.lr, cfg, total_steps), schedule(cfg.session_lr, cfg, total_steps)
+
+    def adamw(lr, wd):
+        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "session" if is_per_session(tuple(getattr(k, "key", k) for k in path)) else "core", params)
+
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
+        optax.multi_transform({"core": adamw(core_lr, cfg.weight_decay),
+                               "session": adamw(session_lr, cfg.session_weight_decay)}, labels))
+    accumulate = int(cfg.get("grad_accum_steps", 1))
+    if accumulate < 1:
+        raise UserError(f"config.optim.grad_accum_steps={accumulate}: expected >= 1")
+    if accumulate > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
+    return tx, {"core": core_lr, "session": session_lr}
+
+
+def make_nnx_optimizer(model: nnx.Module, cfg: ml_collections.ConfigDict, total_steps: int):
+    tx, schedules = make_optimizer(cfg, total_steps)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param), schedules
