@@ -57,6 +57,7 @@ def test_training_windows_stay_inside_train_trials_and_match_the_store(store, la
             assert len(set(local.tolist())) == n and local.min() >= 0 and local.max() < layout.n_neurons[k]
             raw = s.trial(int(batch["trial_index"][i]))
             offset = start - int(t["start"][row])
+            assert batch["trial_offset"][i] == offset
             expected = raw["responses"][offset:offset + BLOCK][:, local]
             std = s.stats["responses"]["std"][local]
             np.testing.assert_allclose(batch["responses"][i, :, :n] * std, expected, rtol=1e-5, atol=1e-6)

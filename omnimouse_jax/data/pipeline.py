@@ -17,6 +17,7 @@ Batch fields (B = per-host batch, T = block samples, N = max_neurons, C = len(BE
   example_mask   bool    (B,)       False for the padding examples of a last evaluation batch
   eval_mask      bool    (B, T)     evaluation: samples this window is the first to cover; training: all True
   window_start   int32   (B,)       first sample of the window in its session; trial_index int32 (B,) source index
+  trial_offset   int32   (B,)       first sample of the window counted from its trial's start
 """
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ class _Reader:
             "eval_mask": np.zeros((B, T), bool),
             "window_start": np.zeros((B,), np.int32),
             "trial_index": np.zeros((B,), np.int32),
+            "trial_offset": np.zeros((B,), np.int32),
         }
         for b, (ex, fut) in enumerate(zip(examples, futures)):
             if ex is None:
@@ -149,6 +151,7 @@ class _Reader:
             batch["eval_mask"][b] = eval_mask
             batch["window_start"][b] = start
             batch["trial_index"][b] = session.trials["source_index"][row]
+            batch["trial_offset"][b] = start - session.trials["start"][row]
         return batch
 
 
