@@ -1,0 +1,107 @@
+"""OmniMouse pretraining config, one variant per model size.
+
+    omnimouse train --config experiments/configs/omnimouse.py:size=tiny --workdir W
+
+Sizes: `test` (unit tests, seconds on CPU), `tiny` (the CPU demo), and the paper's 1M, 5M, 20M, 80M, 300M (widths,
+depths, heads, video stages and local:global ratios from the paper's table; every other setting from its code).
+
+About the size names: the paper names sizes by the self-attention stack (about 12 d_model^2 per layer: 4 for
+attention, 8 for the gated FFN with hidden multiple 2.67). Our `backbone` count reproduces that within 25% for
+5M..300M (4.75M, 19.0M, 85.4M, 302M); 1M is 1.58M because the paper's 1M has 2 layers at d_model 256. The `core`
+count (everything but the per-session tables) adds the encoder and decoder blocks, the latents, the per-channel
+behavior maps and the video encoder: 6.1M, 9.3M, 34M, 110M, 341M. So core is within 25% of the name only for
+300M; at small sizes it is dominated by parts the paper fixes independently of the size (the video encoder alone
+is 2.1M for [2, 2] stages and 6.9M for [2, 8], at width 128 doubling per stage). benchmarks/model_forward.py
+prints every count.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from omnimouse_jax.errors import UserError
+
+# name: (d_model, num_layers, num_heads, video stages, local:global)
+PAPER_SIZES = {
+    "1M": (256, 2, 4, (2, 2), (1, 1)),
+    "5M": (256, 6, 4, (2, 2), (5, 1)),
+    "20M": (512, 6, 8, (2, 8), (5, 1)),
+    "80M": (768, 12, 12, (2, 8), (5, 1)),
+    "300M": (1024, 24, 16, (2, 8), (5, 1)),
+}
+SIZES = ("test", "tiny") + tuple(PAPER_SIZES)
+
+
+def _paper_model(size: str) -> ml_collections.ConfigDict:
+    d_model, layers, heads, stages, ratio = PAPER_SIZES[size]
+    return ml_collections.ConfigDict(dict(
+        # Filled from the store by the trainer; the defaults describe one Sensorium-sized session.
+        num_neuron_rows=8000, num_sessions=1, num_animals=1,
+        max_neurons=4096, num_samples=60, sampling_rate_hz=30.0, behavior_channels=5, frame_shape=(36, 64),
+        video_mean=113.0, video_std=59.0,
+        d_model=d_model, num_heads=heads, num_layers=layers, local_global_ratio=ratio, local_window_bins=1,
+        ffn_mult=2.67, decoder_ffn_mult=4.0, d_neuron_embed=256,
+        response_window=10, response_stride=5, readout_step=5, latent_window=10, latents_per_bin=640,
+        num_global_latents=256, rope_min_period_s=2 / 30, rope_max_period_s=8.0,
+        softplus_beta=0.1, dropout=0.0, dtype="bfloat16",
+        poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
+        video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
+                   patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67),
+    ))
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+    """The config.model section for one size."""
+    if size not in SIZES:
+        raise UserError(f"config size={size!r}: expected one of {', '.join(SIZES)}")
+    if size in PAPER_SIZES:
+        return _paper_model(size)
+    model = _paper_model("1M")
+    model.dtype = "float32"
+    if size == "tiny":
+        model.update(num_neuron_rows=2048, num_sessions=8, num_animals=4, max_neurons=256, d_model=64, num_heads=4,
+                     num_layers=2, d_neuron_embed=32, latents_per_bin=16, num_global_latents=16)
+        model.video.update(embed_dim=32, num_heads=2, stages=(1, 1), patch_kernel=(6, 7, 7), patch_stride=(6, 4, 4),
+                           patch_padding=(0, 1, 3), mask_unit=(1, 4, 4))
+    else:  # test: the smallest model that still exercises every part
+        model.update(num_neuron_rows=64, num_sessions=2, num_animals=2, max_neurons=32, d_model=32, num_heads=2,
+                     num_layers=2, d_neuron_embed=16, latents_per_bin=4, num_global_latents=4,
+                     decoder_ffn_mult=2.67)
+        model.video.update(embed_dim=16, num_heads=1, stages=(1,), patch_kernel=(10, 12, 16),
+                           patch_stride=(10, 12, 16), patch_padding=(0, 0, 0), mask_unit=(1, 3, 4))
+    return model
+
+
+def _parse(arg: str) -> dict[str, str]:
+    fields = {}
+    for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("size",):
+            raise UserError(f"config argument {item!r}: expected size=S with S in {', '.join(SIZES)}")
+        fields[key] = value
+    return fields
+
+
+def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
+    """The full config for `size` (see the module docstring for the command that runs it)."""
+    size = _parse(arg).get("size", "tiny")
+    model = model_config(size)
+    cpu = size in ("test", "tiny")
+    config = ml_collections.ConfigDict()
+    config.size = size
+    config.seed = 0
+    config.model = model
+    config.data = ml_collections.ConfigDict(dict(root="data/store"))
+    config.train = ml_collections.ConfigDict(dict(
+        steps={"test": 200, "tiny": 2000}.get(size, 1_000_000), batch_size=8 if cpu else 64, log_every_steps=10 if cpu else 100))
+    # Mesh axis sizes; -1 takes every device the other axes leave.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000))
+    # AdamW as in the paper; per-session parameters (neuron/session/animal tables) get their own lr and decay.
+    config.optim = ml_collections.ConfigDict(dict(
+        lr=7e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, session_lr=3e-3, session_weight_decay=1e-3,
+        warmup_steps=100 if cpu else 20_000, clip_norm=1.0))
+    # Neuron counts of the training mix's population families (paper: 64, 256, 1024 of up to 4096 neurons).
+    config.masking = ml_collections.ConfigDict(dict(
+        neuron_counts={"test": (4, 8, 16), "tiny": (16, 64, 128)}.get(size, (64, 256, 1024)),
+        max_reconstructed=3072))
+    return config

@@ -1,0 +1,125 @@
+"""Attention: rotary time embedding (in seconds), key-masked attention, time-binned local attention, and the
+multi-head projection module with QK-norm.
+
+Shapes: B batch, Q queries, S keys, H heads, K head dim, W time bins, P tokens per bin, E extra (global) keys.
+Masks are only ever per key (B, S): a local window is realised by gathering neighbour bins, never by a dense
+(tokens x tokens) mask.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omnimouse_jax.train.sharding import partitioned
+
+
+def rope_frequencies(head_dim: int, min_period_s: float, max_period_s: float) -> np.ndarray:
+    """Angular frequencies (rad/s), geometric from 2 pi / min_period to 2 pi / max_period, one per channel pair."""
+    periods = np.geomspace(min_period_s, max_period_s, head_dim // 2)
+    return (2.0 * np.pi / periods).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, t_s: jax.Array, omega: jax.Array) -> jax.Array:
+    """Rotates channel pairs (i, i + K/2) of x (..., S, H, K) by angle omega * t, with t (..., S) in seconds.
+
+    The dot product of two rotated vectors then depends on their times only through the difference.
+    """
+    angle = jnp.asarray(t_s, jnp.float32)[..., None] * omega  # (..., S, K/2)
+    cos = jnp.cos(angle)[..., None, :].astype(x.dtype)
+    sin = jnp.sin(angle)[..., None, :].astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None) -> jax.Array:
+    """Softmax attention of q (..., Q, H, K) over k, v (..., S, H, K); key_valid (..., S) drops keys.
+
+    Leading dimensions are folded into one batch dimension for `jax.nn.dot_product_attention`. Every query must
+    have at least one valid key (callers add an always-valid sink key where a row could be empty).
+    """
+    lead = q.shape[:-3]
+    fold = lambda a: a.reshape((-1,) + a.shape[len(lead):])  # noqa: E731
+    mask = None
+    if key_valid is not None:
+        mask = jnp.broadcast_to(key_valid, lead + k.shape[-3:-2]).reshape(-1, 1, 1, k.shape[-3])
+    out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), mask=mask)
+    return out.reshape(q.shape)
+
+
+def neighbour_bins(x: jax.Array, radius: int, fill) -> jax.Array:
+    """(B, W, P, ...) -> (B, W, (2 radius + 1) P, ...): for each bin, the tokens of bins w - radius .. w + radius,
+    with bins beyond the edges filled by `fill`."""
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (radius, radius)
+    padded = jnp.pad(x, pad, constant_values=fill)
+    width = x.shape[1]
+    windows = [padded[:, offset : offset + width] for offset in range(2 * radius + 1)]
+    return jnp.concatenate(windows, axis=2)
+
+
+def local_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    radius: int,
+    extra_k: jax.Array | None = None,
+    extra_v: jax.Array | None = None,
+    extra_valid: jax.Array | None = None,
+) -> jax.Array:
+    """Sliding-window attention in time over binned tokens.
+
+    q, k, v: (B, W, P, H, K); valid (B, W, P). A query in bin w sees the valid keys of bins |w' - w| <= radius,
+    plus every valid extra key (B, E, H, K) (global tokens), which all bins share. Returns (B, W, P, H, K).
+    """
+    k_loc = neighbour_bins(k, radius, 0)
+    v_loc = neighbour_bins(v, radius, 0)
+    valid_loc = neighbour_bins(valid, radius, False)
+    if extra_k is not None:
+        width = q.shape[1]
+        widen = lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], width) + a.shape[1:])  # noqa: E731
+        k_loc = jnp.concatenate([k_loc, widen(extra_k)], axis=2)
+        v_loc = jnp.concatenate([v_loc, widen(extra_v)], axis=2)
+        valid_loc = jnp.concatenate([valid_loc, widen(extra_valid)], axis=2)
+    return attend(q, k_loc, v_loc, valid_loc)
+
+
+class Attention(nnx.Module):
+    """Multi-head projections with QK RMSNorm and rotary time; the attention pattern is left to the caller."""
+
+    def __init__(self, d_model: int, num_heads: int, omega: np.ndarray | None, *, dtype, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.omega = None if omega is None else tuple(float(w) for w in omega)  # static, not state
+        dense = lambda d_in, d_out, axes: nnx.Linear(  # noqa: E731
+            d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.lecun_normal(), *axes), rngs=rngs)
+        self.query = dense(d_model, d_model, ("embed", "heads"))
+        self.key = dense(d_model, d_model, ("embed", "heads"))
+        self.value = dense(d_model, d_model, ("embed", "heads"))
+        self.out = dense(d_model, d_model, ("heads", "embed"))
+        norm = lambda: nnx.RMSNorm(  # noqa: E731
+            self.head_dim, dtype=dtype, param_dtype=jnp.float32,
+            scale_init=partitioned(nnx.initializers.ones_init(), "kv"), rngs=rngs)
+        self.query_norm = norm()
+        self.key_norm = norm()
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+
+    def _rotate(self, x: jax.Array, t_s: jax.Array | None) -> jax.Array:
+        return x if self.omega is None else apply_rope(x, t_s, np.asarray(self.omega, np.float32))
+
+    def queries(self, x: jax.Array, t_s: jax.Array | None = None) -> jax.Array:
+        """(..., Q, D) -> normed, rotated (..., Q, H, K)."""
+        return self._rotate(self.query_norm(self._heads(self.query(x))), t_s)
+
+    def keys_values(self, x: jax.Array, t_s: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """(..., S, D) -> normed, rotated keys and values (..., S, H, K)."""
+        return self._rotate(self.key_norm(self._heads(self.key(x))), t_s), self._heads(self.value(x))
+
+    def merge(self, o: jax.Array) -> jax.Array:
+        """(..., Q, H, K) -> (..., Q, D)."""
+        return self.out(o.reshape(o.shape[:-2] + (-1,)))

@@ -1,0 +1,68 @@
+"""Pre-norm transformer blocks: RMSNorm, attention, SiLU-gated feed-forward."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omnimouse_jax.model.attention import Attention, attend
+from omnimouse_jax.train.sharding import partitioned
+
+
+def rms_norm(dim: int, *, dtype, rngs: nnx.Rngs, axis_name: str = "embed") -> nnx.RMSNorm:
+    """RMSNorm with fp32 scale named by its logical axis."""
+    return nnx.RMSNorm(dim, dtype=dtype, param_dtype=jnp.float32,
+                       scale_init=partitioned(nnx.initializers.ones_init(), axis_name), rngs=rngs)
+
+
+class FeedForward(nnx.Module):
+    """SiLU-gated feed-forward: down(silu(gate(x)) * up(x)); hidden width mult * d rounded up to a multiple of 16
+    so that it splits evenly over a tensor-parallel mesh axis."""
+
+    def __init__(self, d_model: int, mult: float, *, dtype, rngs: nnx.Rngs):
+        hidden = 16 * int(np.ceil(mult * d_model / 16))
+        dense = lambda d_in, d_out, axes: nnx.Linear(  # noqa: E731
+            d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.lecun_normal(), *axes), rngs=rngs)
+        self.gate = dense(d_model, hidden, ("embed", "mlp"))
+        self.up = dense(d_model, hidden, ("embed", "mlp"))
+        self.down = dense(hidden, d_model, ("mlp", "embed"))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down(nnx.silu(self.gate(x)) * self.up(x))
+
+
+class TransformerBlock(nnx.Module):
+    """x + attn(norm(x) -> norm(kv)); then x + ffn(norm(x)). Self-attention unless `cross` is set.
+
+    `__call__` covers dense patterns (every query sees every valid key). Blocks with other patterns (the
+    backbone's local layers) use `queries`, `keys_values` and `finish` around their own attention.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_mult: float, omega: np.ndarray | None, *,
+                 cross: bool = False, dropout: float = 0.0, dtype, rngs: nnx.Rngs):
+        self.norm_q = rms_norm(d_model, dtype=dtype, rngs=rngs)
+        self.norm_kv = rms_norm(d_model, dtype=dtype, rngs=rngs) if cross else None
+        self.attn = Attention(d_model, num_heads, omega, dtype=dtype, rngs=rngs)
+        self.norm_ffn = rms_norm(d_model, dtype=dtype, rngs=rngs)
+        self.ffn = FeedForward(d_model, ffn_mult, dtype=dtype, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+
+    def queries(self, x: jax.Array, t_s=None) -> jax.Array:
+        return self.attn.queries(self.norm_q(x), t_s)
+
+    def keys_values(self, x: jax.Array, t_s=None) -> tuple[jax.Array, jax.Array]:
+        return self.attn.keys_values((self.norm_kv or self.norm_q)(x), t_s)
+
+    def finish(self, x: jax.Array, o: jax.Array, deterministic: bool = True) -> jax.Array:
+        """Residual attention output o (..., Q, H, K) into x, then the feed-forward residual (dropout on both)."""
+        x = x + self.drop(self.attn.merge(o), deterministic=deterministic).astype(x.dtype)
+        return x + self.drop(self.ffn(self.norm_ffn(x)), deterministic=deterministic).astype(x.dtype)
+
+    def __call__(self, x: jax.Array, t_s=None, kv: jax.Array | None = None, t_kv_s=None,
+                 key_valid: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+        if kv is None:
+            kv, t_kv_s = x, t_s
+        k, v = self.keys_values(kv, t_kv_s)
+        return self.finish(x, attend(self.queries(x, t_s), k, v, key_valid), deterministic)

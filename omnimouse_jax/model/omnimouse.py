@@ -1,0 +1,312 @@
+"""The OmniMouse model: a POYO-style Perceiver with rotary time over neurons, video and behavior.
+
+Flow for a block of T samples split into W = T / latent_window time bins:
+  tokens    per-neuron conv tokens (+ neuron/session/animal embedding), one token per behavior channel, and video
+            tokens from the Hiera-like encoder; every hidden input is multiplied by zero before use and replaced by
+            its modality's missing embedding (video, behavior) or dropped as a key (responses).
+  encoder   one cross-attention block: each bin's latents read the response tokens of their bin; global latents
+            read all response tokens (an always-valid sink key keeps fully hidden examples well defined).
+  backbone  self-attention over [bin latents + bin video tokens] and [global latents + behavior tokens]; local
+            layers see neighbouring bins (+ all global tokens), global layers see everything, in a
+            local:global ratio. RoPE on time in seconds, RMSNorm pre-norm, QK-norm, SiLU-gated FFN.
+  decoder   one cross-attention block from queries per (neuron, output step) and per behavior channel to the
+            latents and global tokens; a linear head to the step's samples plus a per-neuron bias, Softplus(beta).
+Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
+example's neurons permutes its predictions.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from omnimouse_jax.errors import UserError
+from omnimouse_jax.model.attention import attend, local_attention, rope_frequencies
+from omnimouse_jax.model.blocks import TransformerBlock, rms_norm
+from omnimouse_jax.model.masking import Masks
+from omnimouse_jax.model.tokenizers import BehaviorTokenizer, NeuronIdentity, ResponseTokenizer
+from omnimouse_jax.model.video import VideoEncoder, video_geometry
+from omnimouse_jax.train.sharding import constrain, partitioned
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_INIT = nnx.initializers.normal(0.02)
+
+
+def check_model_config(cfg: ml_collections.ConfigDict) -> None:
+    """Raises UserError naming the field for inconsistent model settings."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise UserError(f"config.model.{msg}")
+
+    need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+    for field in ("num_neuron_rows", "num_sessions", "num_animals", "max_neurons", "num_samples", "d_model",
+                  "num_heads", "num_layers", "latents_per_bin", "num_global_latents", "d_neuron_embed"):
+        need(int(cfg[field]) >= 1, f"{field}={cfg[field]} must be at least 1")
+    need(cfg.d_model % cfg.num_heads == 0, f"d_model={cfg.d_model} is not divisible by num_heads={cfg.num_heads}")
+    need((cfg.d_model // cfg.num_heads) % 2 == 0, f"d_model / num_heads = {cfg.d_model // cfg.num_heads} must be even "
+         "(rotary embedding pairs channels)")
+    need(cfg.video.embed_dim % cfg.video.num_heads == 0,
+         f"video.embed_dim={cfg.video.embed_dim} is not divisible by video.num_heads={cfg.video.num_heads}")
+    need(1 <= cfg.response_window <= cfg.num_samples,
+         f"response_window={cfg.response_window} must be within the block (num_samples={cfg.num_samples})")
+    need(cfg.response_stride >= 1, f"response_stride={cfg.response_stride} must be at least 1")
+    need(cfg.num_samples % cfg.latent_window == 0,
+         f"latent_window={cfg.latent_window} must divide num_samples={cfg.num_samples}")
+    need(cfg.num_samples % cfg.readout_step == 0,
+         f"readout_step={cfg.readout_step} must divide num_samples={cfg.num_samples}")
+    span = (2 * cfg.local_window_bins + 1) * cfg.latent_window
+    need(cfg.local_window_bins >= 0 and span <= cfg.num_samples,
+         f"local_window_bins={cfg.local_window_bins} spans {span} samples, longer than the block "
+         f"(num_samples={cfg.num_samples})")
+    local, glob = cfg.local_global_ratio
+    need(local >= 0 and glob >= 1,
+         f"local_global_ratio={tuple(cfg.local_global_ratio)} needs at least one global layer")
+    try:
+        video_geometry(cfg.video, cfg.num_samples, cfg.frame_shape)
+    except ValueError as err:
+        raise UserError(f"config.model.{err}") from None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so nnx keeps it as static
+class _Bins:
+    """Members of each time bin: index (W, M) into a token axis, and validity (W, M) for padded slots."""
+
+    index: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def of(cls, centres_samples: np.ndarray, bin_size: int, num_bins: int) -> "_Bins":
+        bins = np.clip(np.floor(centres_samples / bin_size).astype(int), 0, num_bins - 1)
+        members = [np.flatnonzero(bins == w) for w in range(num_bins)]
+        width = max(1, max(len(m) for m in members))
+        index = np.zeros((num_bins, width), np.int32)
+        valid = np.zeros((num_bins, width), bool)
+        for w, m in enumerate(members):
+            index[w, : len(m)] = m
+            valid[w, : len(m)] = True
+        return cls(index, valid)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Layout:
+    """Static times (seconds) and bin membership of every kind of token."""
+
+    token_bins: _Bins
+    token_times: np.ndarray  # (K,) response tokens
+    latent_times: np.ndarray  # (W, G) bin latents
+    step_times: np.ndarray  # (S,) readout steps
+    video_bins: _Bins
+    video_times: np.ndarray  # (T',) video time steps
+
+
+class OmniMouse(nnx.Module):
+    """The multi-modal model; `config` is the config.model section."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        check_model_config(config)
+        self.config = ml_collections.FrozenConfigDict(config)
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+        d = cfg.d_model
+        fs = float(cfg.sampling_rate_hz)
+        t = cfg.num_samples
+        omega = rope_frequencies(d // cfg.num_heads, cfg.rope_min_period_s, cfg.rope_max_period_s)
+        key = rngs.params
+
+        self.num_bins = t // cfg.latent_window
+        self.num_steps = t // cfg.readout_step
+        num_tokens = (t - cfg.response_window) // cfg.response_stride + 1
+        token_centres = np.arange(num_tokens) * cfg.response_stride + (cfg.response_window - 1) / 2
+        bin_centres = np.arange(self.num_bins) * cfg.latent_window + (cfg.latent_window - 1) / 2
+        step_centres = np.arange(self.num_steps) * cfg.readout_step + (cfg.readout_step - 1) / 2
+
+        self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
+                                       dtype=dtype, rngs=rngs)
+        self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
+        self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
+        self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
+        self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
+                                        kernel_init=partitioned(nnx.initializers.lecun_normal(), "mlp", "embed"),
+                                        bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+        video_centres = self.video.geometry.frame_centres
+        seconds = lambda samples: (np.asarray(samples) / fs).astype(np.float32)  # noqa: E731
+        self.layout = _Layout(
+            token_bins=_Bins.of(token_centres, cfg.latent_window, self.num_bins),
+            token_times=seconds(token_centres),
+            latent_times=seconds(np.repeat(bin_centres[:, None], cfg.latents_per_bin, axis=1)),
+            step_times=seconds(step_centres),
+            video_bins=_Bins.of(video_centres, cfg.latent_window, self.num_bins),
+            video_times=seconds(video_centres))
+
+        def embed(*shape):  # learned vectors: latents, queries, missing-modality and sink embeddings
+            return nnx.Param(partitioned(_INIT, *(["latents"] * (len(shape) - 1)), "embed")(key(), shape))
+
+        self.bin_latents = embed(cfg.latents_per_bin, d)
+        self.global_latents = embed(cfg.num_global_latents, d)
+        self.missing_responses = embed(d)
+        self.missing_video = embed(d)
+        self.sink = embed(d)
+        self.step_queries = embed(self.num_steps, d)
+        self.behavior_queries = embed(cfg.behavior_channels, d)
+
+        self.encoder = TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, cross=True, dropout=cfg.dropout,
+                                        dtype=dtype, rngs=rngs)
+        local, glob = cfg.local_global_ratio
+        self.layer_is_local = tuple(i % (local + glob) < local for i in range(cfg.num_layers))
+        self.layers = nnx.List([TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, dropout=cfg.dropout,
+                                                 dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.decoder = TransformerBlock(d, cfg.num_heads, cfg.decoder_ffn_mult, omega, cross=True, dropout=cfg.dropout,
+                                        dtype=dtype, rngs=rngs)
+        self.out_norm = rms_norm(d, dtype=dtype, rngs=rngs)
+        self.response_head = nnx.Linear(d, cfg.readout_step, dtype=dtype, param_dtype=jnp.float32,
+                                        kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", None),
+                                        bias_init=partitioned(nnx.initializers.zeros_init(), None), rngs=rngs)
+        head_init = nnx.initializers.lecun_normal(in_axis=1, out_axis=2)
+        self.behavior_head = nnx.Param(partitioned(head_init, "channels", "embed", "samples")(
+            key(), (cfg.behavior_channels, d, t)))
+        self.behavior_head_bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "channels", "samples")(
+            key(), (cfg.behavior_channels, t)))
+
+    def _check_batch(self, batch) -> None:
+        cfg = self.config
+        b, t, n = batch["responses"].shape
+        expected = {
+            "responses": (b, cfg.num_samples, n), "neuron_mask": (b, n), "neuron_index": (b, n),
+            "session_index": (b,), "animal_index": (b,), "video": (b, cfg.num_samples, *cfg.frame_shape),
+            "behavior": (b, cfg.num_samples, cfg.behavior_channels), "behavior_mask": (b, cfg.behavior_channels),
+        }
+        for key, shape in expected.items():
+            if tuple(batch[key].shape) != tuple(shape):
+                raise UserError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, expected {tuple(shape)} "
+                                f"(from config.model and responses {(b, t, n)})")
+        if n > cfg.max_neurons:
+            raise UserError(f"batch has {n} neurons, more than config.model.max_neurons={cfg.max_neurons}")
+
+    def __call__(self, batch: dict, masks: Masks, *, deterministic: bool = True) -> dict[str, jax.Array]:
+        """Predictions: rates (B, T, N) (meaningful at target positions) and behavior (B, T, C)."""
+        self._check_batch(batch)
+        cfg, lay = self.config, self.layout
+        d = cfg.d_model
+        responses = jnp.asarray(batch["responses"], jnp.float32)
+        b, t, n = responses.shape
+        neuron_mask = jnp.asarray(batch["neuron_mask"], bool)
+        ident_BxNxD = self.identity(batch["neuron_index"], batch["session_index"], batch["animal_index"])
+
+        # Response tokens; a token is a key only if its neuron is real and some sample under it is visible.
+        visible_BxTxN = masks.response_visible & neuron_mask[:, None, :]
+        tok_BxKxNxD = self.response_tokens(responses, visible_BxTxN) + ident_BxNxD[:, None]
+        window = jnp.asarray(np.arange(t)[None, :] - cfg.response_stride * np.arange(tok_BxKxNxD.shape[1])[:, None])
+        under_KxT = (window >= 0) & (window < cfg.response_window)
+        tok_valid_BxKxN = jnp.einsum("kt,btn->bkn", under_KxT.astype(jnp.float32),
+                                     visible_BxTxN.astype(jnp.float32)) > 0
+        tok_BxKxNxD = constrain(tok_BxKxNxD, ("batch", "length", "neurons", "embed"))
+        has_responses_B = tok_valid_BxKxN.any(axis=(1, 2))
+
+        # Encoder: bin latents read their bin's tokens; global latents read all tokens. A sink key is always valid.
+        missing = jnp.where(has_responses_B[:, None], 0.0, self.missing_responses[...])[:, None, None]
+        lat_BxWxGxD = jnp.broadcast_to(self.bin_latents[...], (b, self.num_bins, cfg.latents_per_bin, d)) + missing
+        glob_BxGxD = jnp.broadcast_to(self.global_latents[...], (b, cfg.num_global_latents, d)) + missing[:, 0]
+        sink = jnp.broadcast_to(self.sink[...], (b, self.num_bins, 1, d))
+        idx, pad_ok = lay.token_bins.index, lay.token_bins.valid
+        kv_bins = tok_BxKxNxD[:, idx].reshape(b, self.num_bins, -1, d)
+        kv_bins_valid = (tok_valid_BxKxN[:, idx] & pad_ok[None, :, :, None]).reshape(b, self.num_bins, -1)
+        kv_bins_t = np.repeat(lay.token_times[idx], n, axis=-1)
+        lat_BxWxGxD = self.encoder(
+            lat_BxWxGxD, lay.latent_times,
+            kv=jnp.concatenate([kv_bins, sink], axis=2),
+            t_kv_s=np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1),
+            key_valid=jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2),
+            deterministic=deterministic)
+        glob_BxGxD = self.encoder(
+            glob_BxGxD, np.zeros(cfg.num_global_latents),
+            kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink[:, 0]], axis=1),
+            t_kv_s=np.concatenate([np.repeat(lay.token_times, n), [0.0]]),
+            key_valid=jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1),
+            deterministic=deterministic)
+
+        # Video tokens, binned by time; tokens with no visible frame become the missing-video embedding.
+        frames = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
+        vid_BxTvxSxE, vid_visible_BxTv = self.video(frames, masks.video_visible, deterministic=deterministic)
+        vid = self.video_project(vid_BxTvxSxE)
+        vid = jnp.where(vid_visible_BxTv[:, :, None, None], vid, self.missing_video[...])
+        vidx, vpad_ok = lay.video_bins.index, lay.video_bins.valid
+        spatial = vid.shape[2]
+        vid_bins = vid[:, vidx].reshape(b, self.num_bins, -1, d)
+        vid_bins_valid = jnp.broadcast_to(np.repeat(vpad_ok, spatial, axis=1),
+                                          (b, self.num_bins, vpad_ok.shape[1] * spatial))
+        vid_bins_t = np.repeat(lay.video_times[vidx], spatial, axis=1)
+
+        # Backbone over binned [latents; video] and global [latents; behavior].
+        behavior_visible_BxC = masks.behavior_visible[:, None] & jnp.asarray(batch["behavior_mask"], bool)
+        beh_BxCxD = self.behavior_tokens(jnp.asarray(batch["behavior"], jnp.float32), behavior_visible_BxC)
+        x_bin = jnp.concatenate([lat_BxWxGxD, vid_bins], axis=2)
+        valid_bin = jnp.concatenate([jnp.ones(lat_BxWxGxD.shape[:3], bool), vid_bins_valid], axis=2)
+        t_bin = np.concatenate([lay.latent_times, vid_bins_t], axis=1)
+        x_glob = jnp.concatenate([glob_BxGxD, beh_BxCxD], axis=1)
+        valid_glob = jnp.ones(x_glob.shape[:2], bool)
+        t_glob = np.zeros(x_glob.shape[1], np.float32)
+        for layer, is_local in zip(self.layers, self.layer_is_local):
+            x_bin, x_glob = self._mix(layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
+                                      deterministic)
+
+        # Decoder: queries per (neuron, step) and per behavior channel read latents and global tokens.
+        keys = jnp.concatenate([x_bin[:, :, : cfg.latents_per_bin].reshape(b, -1, d), x_glob], axis=1)
+        keys_t = np.concatenate([lay.latent_times.reshape(-1), t_glob])
+        q_resp = (ident_BxNxD[:, :, None] + self.step_queries[...]).reshape(b, n * self.num_steps, d)
+        q_beh = jnp.broadcast_to(self.behavior_queries[...], (b, cfg.behavior_channels, d))
+        q = jnp.concatenate([q_resp, q_beh], axis=1)
+        q_t = np.concatenate([np.tile(lay.step_times, n), np.zeros(cfg.behavior_channels)])
+        out = self.out_norm(self.decoder(q, q_t, kv=keys, t_kv_s=keys_t, deterministic=deterministic))
+        out_resp = out[:, : n * self.num_steps].reshape(b, n, self.num_steps, d)
+        samples_BxNxT = self.response_head(out_resp).reshape(b, n, t).astype(jnp.float32)
+        samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
+        beta = cfg.softplus_beta
+        rates = jax.nn.softplus(beta * samples_BxNxT) / beta
+        behavior = jnp.einsum("bcd,cdt->btc", out[:, n * self.num_steps :].astype(jnp.float32), self.behavior_head[...])
+        behavior = behavior + self.behavior_head_bias[...].T
+        return {"rates": constrain(rates.transpose(0, 2, 1), ("batch", "length", "neurons")), "behavior": behavior}
+
+    def _mix(self, layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic):
+        """One self-attention layer over the binned and global token sets."""
+        b, w, p, d = x_bin.shape
+        q_bin, (k_bin, v_bin) = layer.queries(x_bin, t_bin), layer.keys_values(x_bin, t_bin)
+        q_glob, (k_glob, v_glob) = layer.queries(x_glob, t_glob), layer.keys_values(x_glob, t_glob)
+        flat = lambda a: a.reshape((b, w * p) + a.shape[3:])  # noqa: E731
+        k_all = jnp.concatenate([flat(k_bin), k_glob], axis=1)
+        v_all = jnp.concatenate([flat(v_bin), v_glob], axis=1)
+        valid_all = jnp.concatenate([flat(valid_bin), valid_glob], axis=1)
+        if is_local:
+            o_bin = local_attention(q_bin, k_bin, v_bin, valid_bin, self.config.local_window_bins,
+                                    k_glob, v_glob, valid_glob)
+        else:
+            o_bin = attend(flat(q_bin), k_all, v_all, valid_all).reshape(q_bin.shape)
+        o_glob = attend(q_glob, k_all, v_all, valid_all)
+        x_bin = constrain(layer.finish(x_bin, o_bin, deterministic), ("batch", "length", None, "embed"))
+        x_glob = constrain(layer.finish(x_glob, o_glob, deterministic), ("batch", "latents", "embed"))
+        return x_bin, x_glob
+
+
+def count_parameters(model: OmniMouse) -> dict[str, int]:
+    """Parameter counts: total, core (all but the neuron/session/animal tables), backbone (the self-attention
+    stack, the part the paper's size names refer to), embedding (the tables), per_session (table parameters per
+    session, on average), per_neuron (one neuron's table row and bias)."""
+    sizes = {}
+    for path, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        sizes[tuple(str(p) for p in path)] = int(np.prod(param.shape))
+    total = sum(sizes.values())
+    tables = {name: sum(v for k, v in sizes.items() if k[:2] == ("identity", name)) for name in NeuronIdentity.TABLES}
+    embedding = sum(tables.values())
+    backbone = sum(v for k, v in sizes.items() if k[0] == "layers")
+    num_sessions = model.config.num_sessions
+    return {
+        "total": total,
+        "core": total - embedding,
+        "backbone": backbone,
+        "embedding": embedding,
+        "per_session": (embedding - tables["animal_table"]) // num_sessions,
+        "per_neuron": model.config.d_neuron_embed + 1,
+    }

@@ -1,0 +1,98 @@
+"""Input tokens: neuron identity (the per-session tables), response conv tokens, behavior channel tokens.
+
+The neuron table has one row per neuron of every session (a session owns a contiguous row range); only the rows
+of the batch's neurons are gathered, so the table can be sharded along its rows. Session and animal embeddings
+live in the same space and share the projection to d_model.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omnimouse_jax.train.sharding import constrain, partitioned
+
+_TABLE_INIT = nnx.initializers.normal(0.02)
+
+
+class NeuronIdentity(nnx.Module):
+    """Per-session parameters: neuron embeddings and biases, session and animal embeddings."""
+
+    TABLES = ("neuron_table", "neuron_bias", "session_table", "animal_table")
+
+    def __init__(self, num_neuron_rows: int, num_sessions: int, num_animals: int, d_embed: int, d_model: int, *,
+                 dtype, rngs: nnx.Rngs):
+        def table(init, shape, *axes):
+            return nnx.Param(partitioned(init, *axes)(rngs.params(), shape))
+
+        self.neuron_table = table(_TABLE_INIT, (num_neuron_rows, d_embed), "neuron_rows", "neuron_embed")
+        self.neuron_bias = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows")
+        self.session_table = table(_TABLE_INIT, (num_sessions, d_embed), "sessions", "neuron_embed")
+        self.animal_table = table(_TABLE_INIT, (num_animals, d_embed), "animals", "neuron_embed")
+        self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
+                                  kernel_init=partitioned(nnx.initializers.lecun_normal(), "neuron_embed", "embed"),
+                                  bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+
+    def __call__(self, neuron_index_BxN, session_index_B, animal_index_B) -> jax.Array:
+        """(B, N, d_model): projection of neuron + session + animal embeddings."""
+        rows = jnp.take(self.neuron_table[...], neuron_index_BxN, axis=0)
+        emb = (rows + jnp.take(self.session_table[...], session_index_B, axis=0)[:, None]
+               + jnp.take(self.animal_table[...], animal_index_B, axis=0)[:, None])
+        return constrain(self.project(emb), ("batch", "neurons", "embed"))
+
+    def bias(self, neuron_index_BxN) -> jax.Array:
+        return jnp.take(self.neuron_bias[...], neuron_index_BxN, axis=0)
+
+    def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
+        """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""
+        for name, size in (("neuron_table", num_neuron_rows), ("neuron_bias", num_neuron_rows),
+                           ("session_table", num_sessions), ("animal_table", num_animals)):
+            param = getattr(self, name)
+            old = param[...]
+            if size < old.shape[0]:
+                raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
+            init = nnx.initializers.zeros_init() if name == "neuron_bias" else _TABLE_INIT
+            fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
+            param.set_value(jnp.concatenate([old, fresh], axis=0))
+
+
+class ResponseTokenizer(nnx.Module):
+    """Temporal conv over each neuron's trace: (B, T, N) -> tokens (B, K, N, D), K = (T - window) // stride + 1.
+
+    The conv sees the masked trace and the visibility mask as two channels, so a hidden sample is an explicit
+    'unknown' rather than a zero response.
+    """
+
+    def __init__(self, window: int, stride: int, d_model: int, *, dtype, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(2, d_model, (window,), (stride,), padding="VALID", dtype=dtype, param_dtype=jnp.float32,
+                             kernel_init=partitioned(nnx.initializers.lecun_normal(), None, None, "embed"),
+                             bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+
+    def __call__(self, responses_BxTxN, visible_BxTxN) -> jax.Array:
+        b, t, n = responses_BxTxN.shape
+        vis = visible_BxTxN.astype(jnp.float32)
+        # Multiplying by the mask makes hidden samples contribute exactly zero gradient.
+        x = jnp.stack([responses_BxTxN * vis, vis], axis=-1)  # (B, T, N, 2)
+        x = x.transpose(0, 2, 1, 3).reshape(b * n, t, 2)
+        tokens = self.conv(x)  # (B*N, K, D)
+        return tokens.reshape(b, n, -1, tokens.shape[-1]).transpose(0, 2, 1, 3)
+
+
+class BehaviorTokenizer(nnx.Module):
+    """One token per behavior channel: a linear map of the channel's whole trace plus a channel embedding; a
+    hidden or absent channel gets the shared missing-behavior embedding instead."""
+
+    def __init__(self, num_channels: int, num_samples: int, d_model: int, *, rngs: nnx.Rngs):
+        key = rngs.params
+        scale = 1.0 / np.sqrt(num_samples)
+        self.trace_map = nnx.Param(partitioned(nnx.initializers.normal(scale), "channels", "samples", "embed")(
+            key(), (num_channels, num_samples, d_model)))
+        self.channel_embed = nnx.Param(partitioned(_TABLE_INIT, "channels", "embed")(key(), (num_channels, d_model)))
+        self.missing = nnx.Param(partitioned(_TABLE_INIT, "embed")(key(), (d_model,)))
+
+    def __call__(self, behavior_BxTxC, visible_BxC) -> jax.Array:
+        vis = visible_BxC.astype(jnp.float32)
+        tokens = jnp.einsum("btc,ctd->bcd", behavior_BxTxC * vis[:, None, :], self.trace_map[...])
+        tokens = jnp.where(visible_BxC[..., None], tokens, self.missing[...])
+        return tokens + self.channel_embed[...]

@@ -1,0 +1,229 @@
+"""OmniMouse model behaviour on the `test` size: airtight masking, neuron permutation, loss, overfitting, bf16,
+growing the tables, and sharding by logical axes."""
+import dataclasses
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from omnimouse_jax.model import masking
+from omnimouse_jax.model.losses import loss_fn
+from omnimouse_jax.model.masking import PRESETS, Masks, make_masks, strategy_arrays
+from omnimouse_jax.model.omnimouse import OmniMouse
+from omnimouse_jax.train import sharding
+
+CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "omnimouse.py"
+
+
+def load_config(size: str):
+    spec = importlib.util.spec_from_file_location("omnimouse_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(f"size={size}")
+
+
+CFG = load_config("test").model
+T = CFG.num_samples
+# One jitted forward shared by the tests, so models of the same structure and batches of the same shape compile once.
+forward = nnx.jit(lambda model, batch, masks: model(batch, masks))
+
+
+def make_batch(cfg, batch=2, neurons=None, seed=0):
+    rng = np.random.default_rng(seed)
+    n = neurons or cfg.max_neurons
+    neuron_mask = np.ones((batch, n), bool)
+    neuron_mask[-1, n - 5 :] = False  # padding after the real neurons
+    behavior_mask = np.ones((batch, cfg.behavior_channels), bool)
+    behavior_mask[-1, 2] = False  # one absent channel
+    responses = rng.gamma(1.0, 1.0, (batch, cfg.num_samples, n)).astype(np.float32) * neuron_mask[:, None]
+    return dict(
+        responses=responses, neuron_mask=neuron_mask,
+        neuron_index=np.stack([rng.permutation(cfg.num_neuron_rows)[:n] for _ in range(batch)]).astype(np.int32),
+        session_index=np.arange(batch, dtype=np.int32) % cfg.num_sessions,
+        animal_index=np.arange(batch, dtype=np.int32) % cfg.num_animals,
+        video=rng.integers(0, 256, (batch, cfg.num_samples, *cfg.frame_shape)).astype(np.uint8),
+        behavior=rng.normal(size=(batch, cfg.num_samples, cfg.behavior_channels)).astype(np.float32),
+        behavior_mask=behavior_mask)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return OmniMouse(CFG, rngs=nnx.Rngs(0))
+
+
+def every_strategy():
+    scaled = [dataclasses.replace(PRESETS[n], n_visible_neurons=8, max_reconstructed_neurons=12)
+              for n in masking.EVAL_PRESETS if n.startswith("population")]
+    mix = [s for s, _ in masking.training_mix(neuron_counts=tuple(load_config("test").masking.neuron_counts))]
+    return [PRESETS[n] for n in masking.EVAL_PRESETS] + scaled + mix
+
+
+def test_masking_is_airtight_for_every_strategy(model):
+    """d(target predictions)/d(hidden inputs) is exactly zero; visible inputs do matter."""
+    gd, state = nnx.split(model)
+    batch = make_batch(CFG, neurons=16)
+    batch["video"] = batch["video"].astype(np.float32)  # differentiable frames
+    rng = np.random.default_rng(1)
+    w_resp = rng.random(batch["responses"].shape).astype(np.float32) + 0.5
+    w_beh = rng.random(batch["behavior"].shape).astype(np.float32) + 0.5
+
+    @jax.jit
+    def gradients(state, batch, fields):
+        masks = make_masks(fields, batch["neuron_mask"], T)
+
+        def predict(responses, video, behavior):
+            return nnx.merge(gd, state)({**batch, "responses": responses, "video": video, "behavior": behavior}, masks)
+
+        out, vjp = jax.vjp(predict, batch["responses"], batch["video"], batch["behavior"])
+        beh_target = masks.behavior_target[:, None, None] & batch["behavior_mask"][:, None, :]
+        zero = jax.tree.map(jnp.zeros_like, out)
+        from_rates = vjp({**zero, "rates": w_resp * masks.response_target})
+        from_behavior = vjp({**zero, "behavior": w_beh * beh_target})
+        return masks, from_rates, from_behavior
+
+    for s in every_strategy():
+        masks, *grads = jax.device_get(gradients(state, batch, strategy_arrays(s)))
+        hidden_resp = ~masks.response_visible
+        hidden_frames = ~masks.video_visible
+        hidden_beh = ~(masks.behavior_visible[:, None] & batch["behavior_mask"])  # (B, C)
+        for g_resp, g_video, g_beh in grads:
+            assert np.all(g_resp[hidden_resp] == 0), s
+            assert np.all(g_video[hidden_frames] == 0), s
+            assert np.all(g_beh.transpose(0, 2, 1)[hidden_beh] == 0), s
+        g_resp, g_video, _ = grads[0]
+        if masks.response_target.any() and masks.response_visible.any():
+            assert np.abs(g_resp[masks.response_visible]).max() > 0, s
+        if masks.response_target.any() and masks.video_visible.any():
+            assert np.abs(g_video[masks.video_visible]).max() > 0, s
+    assert gradients._cache_size() == 1
+
+
+def test_permuting_neurons_permutes_predictions(model):
+    batch = make_batch(CFG, seed=3)
+    masks = make_masks(strategy_arrays(masking.training_mix(neuron_counts=(8,))[3][0]), batch["neuron_mask"], T)
+    rng = np.random.default_rng(4)
+    perm = np.stack([rng.permutation(CFG.max_neurons) for _ in range(2)])  # a different order per example
+    take = lambda a, axis: np.take_along_axis(np.asarray(a), np.expand_dims(perm, 1) if axis == 2 else perm, axis)  # noqa: E731
+    batch_p = {**batch, "responses": take(batch["responses"], 2), "neuron_mask": take(batch["neuron_mask"], 1),
+               "neuron_index": take(batch["neuron_index"], 1)}
+    masks_p = masks._replace(response_visible=take(masks.response_visible, 2),
+                             response_target=take(masks.response_target, 2))
+    out = jax.device_get(forward(model, batch, masks))
+    out_p = jax.device_get(forward(model, batch_p, masks_p))
+    np.testing.assert_allclose(out_p["rates"], take(out["rates"], 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out_p["behavior"], out["behavior"], rtol=1e-5, atol=1e-5)
+    assert np.abs(out["rates"][:, :, 0] - out["rates"][:, :, 1]).max() > 1e-4  # neurons are told apart
+
+
+def test_loss_matches_numpy_reference():
+    rng = np.random.default_rng(5)
+    b, t, n, c = 2, 4, 3, 2
+    rates = rng.gamma(2.0, 1.0, (b, t, n)).astype(np.float32)
+    rates[0, 3, 1] = 1e-30  # far from its target: the clamp at poisson_clamp applies
+    y = rng.poisson(2.0, (b, t, n)).astype(np.float32)
+    y[0, 3, 1] = 30.0
+    beh_pred = rng.normal(size=(b, t, c)).astype(np.float32)
+    beh_pred[1, 0, 0] = 50.0  # squared error above behavior_clamp
+    beh = rng.normal(size=(b, t, c)).astype(np.float32)
+    neuron_mask = np.array([[True, True, True], [True, True, False]])
+    target = rng.random((b, t, n)) > 0.4
+    target[0, 3, 1] = target[1, :, 2] = True  # includes a padding neuron, which must not count
+    masks = Masks(response_visible=~target, response_target=target, video_visible=np.ones((b, t), bool),
+                  behavior_visible=np.array([False, False]), behavior_target=np.array([True, True]))
+    batch = dict(responses=y, neuron_mask=neuron_mask, behavior=beh, behavior_mask=np.array([[True, True], [True, False]]))
+    cfg = CFG
+    loss, parts = loss_fn({"rates": rates, "behavior": beh_pred}, batch, masks, cfg)
+
+    counted = target & neuron_mask[:, None, :]
+    nll = np.minimum(rates.astype(np.float64) - y * np.log(rates.astype(np.float64) + 1e-5), 100.0)
+    poisson = nll[counted].mean()
+    beh_counted = np.broadcast_to(batch["behavior_mask"][:, None, :], (b, t, c))
+    mse = np.minimum((beh_pred.astype(np.float64) - beh) ** 2, 10.0)[beh_counted].mean()
+    assert nll[0, 3, 1] == 100.0 and mse.max() <= 10.0
+    np.testing.assert_allclose(float(parts["poisson"]), poisson, rtol=1e-5)
+    np.testing.assert_allclose(float(parts["behavior_mse"]), mse, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), poisson + 0.1 * mse, rtol=1e-5)
+    assert int(parts["n_targets"]) == counted.sum() and int(parts["n_behavior_targets"]) == beh_counted.sum()
+
+    # No behavior targets: that part is zero, not NaN.
+    masks0 = masks._replace(behavior_target=np.array([False, False]))
+    loss0, parts0 = loss_fn({"rates": rates, "behavior": beh_pred}, batch, masks0, cfg)
+    assert float(parts0["behavior_mse"]) == 0.0
+    np.testing.assert_allclose(float(loss0), poisson, rtol=1e-5)
+
+
+def test_test_size_overfits_one_batch():
+    """Loss above its floor (the loss at rate = target, behavior = target) falls by at least 90%."""
+    model = OmniMouse(CFG, rngs=nnx.Rngs(1))
+    batch = make_batch(CFG, batch=2, neurons=16, seed=6)
+    strategy = dataclasses.replace(masking.training_mix(neuron_counts=(8,))[0][0], behavior_encoded=False,
+                                   behavior_reconstructed=True)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    y = batch["responses"][target].astype(np.float64)
+    floor = np.mean(y - y * np.log(y + CFG.poisson_eps))
+
+    gd, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt_state):
+        def objective(params):
+            return loss_fn(nnx.merge(gd, params, rest)(batch, masks), batch, masks, CFG)[0]
+        loss, grads = jax.value_and_grad(objective)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(200):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    first, last = losses[0] - floor, min(losses[-10:]) - floor
+    assert last < 0.1 * first, (first, last)
+
+
+def test_bfloat16_compute_keeps_fp32_parameters():
+    cfg16 = load_config("test").model
+    cfg16.dtype = "bfloat16"
+    m32, m16 = OmniMouse(CFG, rngs=nnx.Rngs(2)), OmniMouse(cfg16, rngs=nnx.Rngs(2))
+    assert m16.layers[0].ffn.gate.dtype == jnp.bfloat16
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(m16, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    batch = make_batch(CFG, seed=7)
+    masks = make_masks(strategy_arrays(PRESETS["causal_response_25_video_behavior"]), batch["neuron_mask"], T)
+    r32, r16 = (jax.device_get(forward(m, batch, masks))["rates"] for m in (m32, m16))
+    assert r16.dtype == np.float32 and np.isfinite(r16).all()
+    assert np.abs(r16 - r32).mean() < 0.05 * np.abs(r32).mean()
+
+
+def test_growing_tables_keeps_existing_predictions(model):
+    batch = make_batch(CFG, seed=8)
+    masks = make_masks(strategy_arrays(PRESETS["causal_response_10"]), batch["neuron_mask"], T)
+    grown = nnx.clone(model)
+    grown.identity.grow(CFG.num_neuron_rows + 10, CFG.num_sessions + 1, CFG.num_animals + 1, nnx.Rngs(9))
+    assert grown.identity.neuron_table.shape == (CFG.num_neuron_rows + 10, CFG.d_neuron_embed)
+    assert grown.identity.session_table.shape[0] == CFG.num_sessions + 1
+    run = lambda m, b: jax.device_get(forward(m, b, masks)["rates"])  # noqa: E731
+    np.testing.assert_allclose(run(grown, batch), run(model, batch), rtol=1e-6)
+    new_rows = {**batch, "neuron_index": batch["neuron_index"] % 10 + CFG.num_neuron_rows}
+    assert np.isfinite(run(grown, new_rows)).all()
+
+
+def test_parameters_shard_by_logical_axes(model):
+    mesh = jax.make_mesh((1, 2, 2), sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    batch = make_batch(CFG, seed=10)
+    masks = make_masks(strategy_arrays(PRESETS["video_behavior"]), batch["neuron_mask"], T)
+    reference = jax.device_get(forward(model, batch, masks)["rates"])
+    with sharding.use_rules(mesh):
+        sharded = OmniMouse(CFG, rngs=nnx.Rngs(0))  # the fixture's seed: the same values, now sharded
+        table = sharded.identity.neuron_table[...]
+        assert table.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+        assert table.addressable_shards[0].data.shape == (CFG.num_neuron_rows // 2, CFG.d_neuron_embed)
+        gate = sharded.layers[0].ffn.gate.kernel[...]
+        assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+        rates = jax.device_get(forward(sharded, batch, masks)["rates"])
+    np.testing.assert_allclose(rates, reference, rtol=1e-4, atol=1e-5)
