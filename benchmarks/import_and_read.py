@@ -79,7 +79,73 @@ def main() -> None:
     for n in args.neurons:
         with tempfile.TemporaryDirectory() as tmp:
             results.append(bench(n, args.mb, args.repeats, args.reads, Path(tmp)))
-    print(json.dumps({"benchmark": "import_and_read", "results": results}, indent=1))
+    experanto = bench_experanto(max(args.neurons), minutes=20.0)
+    print(json.dumps({"benchmark": "import_and_read", "results": results, "experanto": experanto}, indent=1))
+
+
+def make_experanto_source(folder: Path, n_neurons: int, minutes: float, response_hz: float, seed: int = 0) -> Path:
+    """An experanto-layout session: 10 s video clips (36x64 uint8) on a jittered 30 Hz screen, `response_hz`
+    responses with phase shifts in a float32 memmap written in chunks, 20 Hz eye tracker and treadmill."""
+    import yaml
+
+    rng = np.random.default_rng(seed)
+    n_clips, clip_frames = max(1, int(minutes * 6)), 300
+    screen = folder / "screen"
+    (screen / "data").mkdir(parents=True)
+    (screen / "meta").mkdir()
+    tiers = ["train"] * 8 + ["validation", "oracle"]
+    for k in range(n_clips):
+        np.save(screen / "data" / f"{k:05d}.npy", rng.integers(0, 256, (clip_frames, 36, 64), dtype=np.uint8))
+        meta = {"modality": "video", "first_frame_idx": k * clip_frames, "num_frames": clip_frames,
+                "image_size": [36, 64], "tier": tiers[k % len(tiers)], "condition_hash": f"clip{k}"}
+        (screen / "meta" / f"{k:05d}.yml").write_text(yaml.safe_dump(meta))
+    frame_t = np.cumsum((1 + rng.uniform(-0.05, 0.05, n_clips * clip_frames)) / 30.0)
+    np.save(screen / "timestamps.npy", frame_t)
+    (screen / "meta.yml").write_text(yaml.safe_dump({"modality": "screen", "frame_rate": 30.0}))
+
+    def device(name, rate, n_signals, shifts=None, chunk=4096):
+        root = folder / name
+        (root / "meta").mkdir(parents=True)
+        t = np.arange(-1.0, frame_t[-1] + 1.0, 1.0 / rate)
+        data = np.memmap(root / "data.mem", dtype=np.float32, mode="w+", shape=(len(t), n_signals))
+        for s in range(0, len(t), chunk):
+            data[s:s + chunk] = rng.gamma(2.0, 1.0, (min(chunk, len(t) - s), n_signals))
+        data.flush()
+        np.save(root / "timestamps.npy", t)
+        if shifts is not None:
+            np.save(root / "meta" / "phase_shifts.npy", shifts)
+        meta = {"modality": "sequence", "sampling_rate": rate, "n_signals": n_signals, "n_timestamps": len(t),
+                "dtype": "float32", "start_time": float(t[0]), "end_time": float(t[-1]),
+                "phase_shift_per_signal": shifts is not None, "is_mem_mapped": True}
+        (root / "meta.yml").write_text(yaml.safe_dump(meta))
+
+    device("responses", response_hz, n_neurons, shifts=rng.uniform(0, 1 / response_hz, n_neurons))
+    device("eye_tracker", 20.0, 3)
+    device("treadmill", 20.0, 1)
+    return folder
+
+
+def bench_experanto(n_neurons: int, minutes: float, response_rates=(8.0, 30.0)) -> list[dict]:
+    """Experanto import throughput (MB/s of source bytes, 30 Hz samples/s) for each response rate, both modes."""
+    from omnimouse_jax.data.experanto import find_sources, import_session
+    from omnimouse_jax.data.store import open_store
+
+    rows = []
+    for rate in response_rates:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = make_experanto_source(Path(tmp) / f"dynamic{n_neurons}-1-1-Video-bench_30hz", n_neurons,
+                                           minutes, rate)
+            source_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+            for mode in ("nearest", "linear"):
+                (source,) = find_sources([folder])
+                t0 = time.perf_counter()
+                import_session(source, Path(tmp) / "store", interpolation=mode, replace=True, log=lambda line: None)
+                seconds = time.perf_counter() - t0
+                samples = open_store(Path(tmp) / "store").session(folder.name).n_samples
+                rows.append({"neurons": n_neurons, "minutes": minutes, "response_hz": rate, "interpolation": mode,
+                             "source_mb": round(source_mb, 1), "import_mb_per_s": round(source_mb / seconds, 1),
+                             "samples_per_s": round(samples / seconds, 1), "seconds": round(seconds, 1)})
+    return rows
 
 
 if __name__ == "__main__":
