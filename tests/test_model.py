@@ -224,6 +224,6 @@ def test_parameters_shard_by_logical_axes(model):
         assert table.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
         assert table.addressable_shards[0].data.shape == (CFG.num_neuron_rows // 2, CFG.d_neuron_embed)
         gate = sharded.layers[0].ffn.gate.kernel[...]
-        assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+        assert gate.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")  # FSDP over embed
         rates = jax.device_get(forward(sharded, batch, masks)["rates"])
     np.testing.assert_allclose(rates, reference, rtol=1e-4, atol=1e-5)

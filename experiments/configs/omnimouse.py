@@ -90,16 +90,21 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.size = size
     config.seed = 0
     config.model = model
-    config.data = ml_collections.ConfigDict(dict(root="data/store"))
+    # sessions: "all" or a list of names; fraction: the first share of each session's train trials (nested subsets).
+    config.data = ml_collections.ConfigDict(dict(
+        root="data/store", sessions="all", fraction=1.0, weighting="proportional", num_threads=4, prefetch=8))
     config.train = ml_collections.ConfigDict(dict(
-        steps={"test": 200, "tiny": 2000}.get(size, 1_000_000), batch_size=8 if cpu else 64, log_every_steps=10 if cpu else 100))
+        steps={"test": 200, "tiny": 2000}.get(size, 1_000_000), batch_size=8 if cpu else 64,
+        log_every_steps=10 if cpu else 100, eval_every_steps=500 if cpu else 10_000, eval_batches=8,
+        tensorboard=True, compile_cache=True))
     # Mesh axis sizes; -1 takes every device the other axes leave.
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000, keep=3, use_async=True))
     # AdamW as in the paper; per-session parameters (neuron/session/animal tables) get their own lr and decay.
     config.optim = ml_collections.ConfigDict(dict(
         lr=7e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, session_lr=3e-3, session_weight_decay=1e-3,
-        warmup_steps=100 if cpu else 20_000, clip_norm=1.0))
+        warmup_steps=100 if cpu else 20_000, clip_norm=1.0, schedule="constant", final_lr_fraction=0.0,
+        grad_accum_steps=1))
     # Neuron counts of the training mix's population families (paper: 64, 256, 1024 of up to 4096 neurons).
     config.masking = ml_collections.ConfigDict(dict(
         neuron_counts={"test": (4, 8, 16), "tiny": (16, 64, 128)}.get(size, (64, 256, 1024)),

@@ -9,6 +9,7 @@ A mesh used with these rules must carry every axis in MESH_AXES (size 1 where un
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -17,8 +18,10 @@ from jax.sharding import PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical axis -> mesh axes (None = replicated). Every logical name used by the model must appear here.
-LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+# Logical axis -> mesh axes (None = replicated), as data. Parameters and activations share names but not rules:
+# FSDP splits parameters along `embed` over `fsdp`, while activations stay whole along `embed` and are split along
+# `batch`. Every logical name used by the model must appear in both.
+ACTIVATION_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("neurons", None),
@@ -34,8 +37,38 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("channels", None),
     ("samples", None),
 )
+PARAM_RULES = tuple((name, "fsdp" if name == "embed" else axes) for name, axes in ACTIVATION_RULES)
+LOGICAL_RULES = PARAM_RULES  # what nnx.logical_axis_rules sees: it places parameters
 
-_RULES = dict(LOGICAL_RULES)
+_RULES = dict(ACTIVATION_RULES)
+_PARAM_RULES = dict(PARAM_RULES)
+
+
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+    """A mesh with axes (data, fsdp, tensor) from config.mesh; one axis may be -1 to take the remaining devices."""
+    from omnimouse_jax.errors import UserError
+
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
+    free = [axis for axis, size in sizes.items() if size == -1]
+    bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
+    if bad or len(free) > 1:
+        raise UserError(f"config.mesh.{(bad or free)[0]}: expected a positive size, or -1 on one axis only")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if len(devices) % fixed:
+            raise UserError(f"config.mesh: the fixed axes ({fixed} devices) do not divide the {len(devices)} devices")
+        sizes[free[0]] = len(devices) // fixed
+    if math.prod(sizes.values()) != len(devices):
+        raise UserError(f"config.mesh: data x fsdp x tensor = {math.prod(sizes.values())} devices, but "
+                        f"{len(devices)} are available; set one axis to -1 to take the rest")
+    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """Batches are split along their leading axis over the data-parallel axes (data and fsdp)."""
+    return jax.sharding.NamedSharding(mesh, logical_to_spec(("batch",)))
 
 
 def _mesh_active() -> bool:
@@ -43,7 +76,7 @@ def _mesh_active() -> bool:
 
 
 def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
-    """The PartitionSpec the rules give for a tuple of logical axis names (unknown names are a KeyError)."""
+    """The PartitionSpec of an activation with these logical axis names (unknown names are a KeyError)."""
     return PartitionSpec(*(None if name is None else _RULES[name] for name in logical_axes))
 
 
@@ -54,8 +87,8 @@ def partitioned(init: Callable, *logical_axes: str | None) -> Callable:
     the names kept as metadata (read them back with `nnx.get_partition_spec` under `use_rules`).
     """
     for name in logical_axes:
-        if name is not None and name not in _RULES:
-            raise KeyError(f"logical axis {name!r} has no sharding rule in LOGICAL_RULES")
+        if name is not None and name not in _PARAM_RULES:
+            raise KeyError(f"logical axis {name!r} has no sharding rule in PARAM_RULES")
     return nnx.with_partitioning(init, tuple(logical_axes), eager_sharding=_mesh_active())
 
 

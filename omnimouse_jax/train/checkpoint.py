@@ -1,0 +1,94 @@
+"""Checkpoints: model and optimizer state, the grain iterator, and a JSON record (step, RNG seed, device-hours,
+session layout, config) saved together by one orbax CheckpointManager, asynchronously, with a keep policy.
+
+Restore tries the newest step first and falls back to older ones if it is unreadable, saying so, so a checkpoint
+truncated by a crash never costs more than the interval since the previous one.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from omnimouse_jax.errors import UserError
+
+# Replica-parallel saving slices every replicated array per device, one small XLA compile each: seconds of overhead
+# for the many small parameters of a model. Keep it for arrays large enough to gain from parallel writes.
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20), override=True)
+
+
+class Checkpointer:
+    def __init__(self, directory, *, keep: int = 3, use_async: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=use_async, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator, meta: dict) -> None:
+        """Starts saving (returns before the write finishes when asynchronous)."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(keys_to_data(state)),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, abstract_state, data_iterator, step: int | None = None, log=None):
+        """(step, state, meta) from `step` or the newest readable checkpoint; restores `data_iterator` in place.
+
+        `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) that the restored arrays follow."""
+        log = log or (lambda msg: print(msg, file=sys.stderr))
+        candidates = [step] if step is not None else self.steps()[::-1]
+        if not candidates:
+            raise UserError(f"{self.directory}: no checkpoint to restore")
+        errors = []
+        for candidate in candidates:
+            try:
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    meta=ocp.args.JsonRestore()))
+            except Exception as err:  # orbax raises many types for a damaged step; try the previous one
+                errors.append(f"step {candidate}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                log(f"checkpoint {self.directory / str(candidate)} is unreadable ({errors[-1]}); trying an older one")
+                continue
+            return candidate, restored["state"], restored["meta"]
+        raise UserError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def keys_to_data(tree):
+    """Typed PRNG keys (dropout streams) as their raw uint32 data, which orbax can store."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def data_to_keys(restored, like):
+    """Undoes `keys_to_data` where `like` holds a typed key."""
+    return jax.tree.map(lambda r, x: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if _is_key(x) else r,
+                        restored, like)
+
+
+def abstract_like(state):
+    """ShapeDtypeStructs (keeping shardings) of a pytree of arrays: the target orbax restores into."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        keys_to_data(state))

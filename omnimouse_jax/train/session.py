@@ -1,0 +1,276 @@
+"""One training run's moving parts: mesh, model and optimizer, compiled step, data, checkpoints and logs.
+
+Data flows store -> grain pipeline (per-host numpy) -> global jax arrays sharded over the batch axes -> compiled step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from omnimouse_jax.data import pipeline
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.store import open_store
+from omnimouse_jax.errors import UserError
+from omnimouse_jax.model import masking
+from omnimouse_jax.model.losses import loss_fn
+from omnimouse_jax.model.omnimouse import OmniMouse, count_parameters
+from omnimouse_jax.train import perf, sharding
+from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
+from omnimouse_jax.train.logging import MetricsLogger
+from omnimouse_jax.train.optim import make_optimizer
+
+# The batch fields the model reads; the rest (window positions, evaluation masks) stay on the host.
+MODEL_FIELDS = ("responses", "neuron_mask", "neuron_index", "session_index", "animal_index", "video", "behavior",
+                "behavior_mask")
+
+
+def configure_model(config, layout: SessionLayout, frame_shape) -> None:
+    """Fills config.model with what the data decides: table sizes, frame shape, block length, neurons per example."""
+    config.model.num_neuron_rows = layout.num_neuron_rows
+    config.model.num_sessions = layout.num_sessions
+    config.model.num_animals = layout.num_animals
+    config.model.frame_shape = tuple(frame_shape)
+
+
+def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
+    """The training mix's strategies that fit this config's block and neuron budget, and their probabilities."""
+    mix = masking.training_mix(tuple(config.masking.neuron_counts), config.masking.max_reconstructed)
+    strategies, weights = zip(*mix)
+    for s in strategies:
+        masking.validate_strategy(s, max_neurons=config.model.max_neurons, num_samples=config.model.num_samples,
+                                  name="config.masking")
+    weights = np.asarray(weights, np.float64)
+    return list(strategies), weights / weights.sum()
+
+
+class TrainingSession:
+    def __init__(self, config, workdir: Path):
+        self.config, self.workdir = config, workdir
+        self.total_steps = int(config.train.steps)
+        if config.train.get("compile_cache", True) and not jax.config.jax_compilation_cache_dir:
+            # A restarted (preempted) run reloads its compiled step instead of compiling it again.
+            jax.config.update("jax_compilation_cache_dir", str(workdir / "compile_cache"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        self.mesh = sharding.make_mesh(config.mesh)
+        self.checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.get("keep", 3),
+                                         use_async=config.checkpoint.get("use_async", True))
+        self._build_data_and_model()
+        self.start_step, self.device_hours = self._restore()
+        self.logger = MetricsLogger(workdir, total_steps=self.total_steps, resume_step=self.start_step,
+                                    tensorboard=config.train.get("tensorboard", True))
+        self.peak_flops = perf.measure_matmul_peak(jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32)
+
+    # --- construction -------------------------------------------------------------------------------------------
+    def _build_data_and_model(self) -> None:
+        config = self.config
+        if not config.data.root:
+            raise UserError("config.data.root: empty; expected the path of a session store")
+        store = open_store(config.data.root)
+        saved = self._saved_layout()
+        self.layout = saved or SessionLayout.from_store(store, config.data.get("sessions", "all"))
+        configure_model(config, self.layout, store.session(self.layout.names[0]).frame_shape)
+        batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if config.train.batch_size % batch_devices:
+            raise UserError(f"config.train.batch_size={config.train.batch_size}: must be a multiple of the mesh's "
+                            f"data x fsdp devices ({batch_devices})")
+        self.windows = pipeline.TrainWindows(
+            store, self.layout, block=config.model.num_samples, max_neurons=config.model.max_neurons,
+            global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
+            weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
+            process_count=self.process_count)
+        self.data_iter = iter(pipeline.train_dataset(self.windows, num_threads=config.data.get("num_threads", 4),
+                                                     prefetch=config.data.get("prefetch", 8)))
+        self.validation = self._validation_windows(store)
+        self.strategies, self.strategy_probs = training_mix(config)
+        self.tx, self.schedules = make_optimizer(config.optim, self.total_steps)
+        with sharding.use_rules(self.mesh):
+            model, optimizer = self._init_model_and_optimizer()
+        self.param_counts = count_parameters(model)
+        self.graphdef, self.state = nnx.split((model, optimizer))
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self._compile(model)
+
+    def _init_model_and_optimizer(self):
+        """Model and optimizer created inside one jit, so every parameter is born sharded in a single compile."""
+        config, tx = self.config, self.tx
+
+        @nnx.jit
+        def create():
+            model = OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
+            return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+        return create()
+
+    def _saved_layout(self) -> SessionLayout | None:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return None
+        return SessionLayout.from_dict(self.checkpointer.read_meta(step)["layout"])
+
+    def _validation_windows(self, store):
+        try:
+            return pipeline.EvalWindows(store, self.layout, block=self.config.model.num_samples,
+                                        max_neurons=self.config.model.max_neurons,
+                                        global_batch=self.config.train.batch_size, seed=self.config.seed,
+                                        tier="validation", process_index=self.process_index,
+                                        process_count=self.process_count)
+        except UserError:
+            return None  # a store without validation/oracle trials: no periodic validation loss
+
+    def _compile(self, model) -> None:
+        graphdef, cfg = self.graphdef, self.config.model
+        num_samples = cfg.num_samples
+
+        def forward_loss(model, batch, fields, deterministic):
+            masks = masking.make_masks(fields, batch["neuron_mask"], num_samples)
+            predictions = model(batch, masks, deterministic=deterministic)
+            return loss_fn(predictions, batch, masks, cfg)
+
+        def train_step(state, batch, fields):
+            model, optimizer = nnx.merge(graphdef, state)
+            (loss, parts), grads = nnx.value_and_grad(
+                lambda m: forward_loss(m, batch, fields, False), has_aux=True)(model)
+            optimizer.update(model, grads)
+            return nnx.state((model, optimizer)), {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
+
+        def eval_step(state, batch, fields):
+            model, _ = nnx.merge(graphdef, state)
+            return forward_loss(model, batch, fields, True)
+
+        example = self._device_batch(self.windows(0))
+        fields = self._fields(self.strategies[0])
+        state_sharding = jax.tree.map(lambda x: x.sharding, self.state)
+        with sharding.use_rules(self.mesh):
+            lowered = jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, None)).lower(
+                self.state, example, fields)
+            self.train_step = lowered.compile()
+            self.eval_step = jax.jit(eval_step)
+        self.step_flops = perf.compiled_flops(self.train_step)
+
+    # --- data -----------------------------------------------------------------------------------------------------
+    def _device_batch(self, host_batch: dict) -> dict:
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, host_batch[k]) for k in MODEL_FIELDS}
+
+    def _fields(self, strategy) -> dict:
+        return {k: jnp.asarray(v) for k, v in masking.strategy_arrays(strategy).items()}
+
+    def strategy_for(self, step: int):
+        """The masking strategy of `step`: a pure function of (seed, step), so a resumed run draws the same ones."""
+        rng = np.random.default_rng([self.config.seed, step, 0x6D61736B])
+        return self.strategies[rng.choice(len(self.strategies), p=self.strategy_probs)]
+
+    # --- checkpoints ------------------------------------------------------------------------------------------------
+    def _restore(self) -> tuple[int, float]:
+        if self.checkpointer.latest_step() is None:
+            return 0, 0.0
+        target = nnx.to_pure_dict(self.state)
+        step, restored, meta = self.checkpointer.restore(abstract_like(target), self.data_iter)
+        nnx.replace_by_pure_dict(self.state, data_to_keys(restored, target))
+        print(f"resumed from {self.checkpointer.directory / str(step)} (step {step})", flush=True)
+        return step, float(meta["device_hours"])
+
+    def save(self, step: int) -> None:
+        meta = {"step": step, "seed": self.config.seed, "device_hours": self._device_hours_now(),
+                "layout": self.layout.to_dict(), "config": json.loads(self.config.to_json_best_effort()),
+                "param_counts": self.param_counts}
+        self.checkpointer.save(step, nnx.to_pure_dict(self.state), self.data_iter, meta)
+
+    def _device_hours_now(self) -> float:
+        return self.device_hours + (time.monotonic() - self.run_start) * jax.device_count() / 3600
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+    def run(self, stop) -> dict:
+        cfg = self.config
+        self.run_start = time.monotonic()
+        if self.start_step == 0:
+            self._log_parameter_counts()
+        log_every, save_every = cfg.train.log_every_steps, cfg.checkpoint.every_steps
+        eval_every = cfg.train.get("eval_every_steps", 0)
+        last_logged, pending = {}, None
+        window = {"tokens": 0, "time": time.monotonic(), "steps": 0, "sums": {}}
+        step = self.start_step
+        while step < self.total_steps and not stop.requested:
+            host_batch = next(self.data_iter)
+            tokens = int(host_batch["neuron_mask"].sum()) * cfg.model.num_samples * self.process_count
+            self.state, metrics = self.train_step(self.state, self._device_batch(host_batch),
+                                                  self._fields(self.strategy_for(step)))
+            if pending is not None:  # fetched only now, with this step already dispatched
+                last_logged = self._finish(*pending, window, log_every) or last_logged
+            pending, step = (step, metrics, tokens), step + 1
+            if step % save_every == 0 or step == self.total_steps or stop.requested:
+                last_logged = self._finish(*pending, window, log_every, force=True) or last_logged
+                pending = None
+                self.save(step)
+            if eval_every and step % eval_every == 0:
+                self._validate(step)
+        if pending is not None:
+            last_logged = self._finish(*pending, window, log_every, force=True) or last_logged
+        if stop.requested:
+            self.logger.message(f"stopped by signal at step {step}; checkpoint saved")
+        return last_logged
+
+    def _finish(self, step: int, metrics, tokens: int, window: dict, log_every: int, force: bool = False) -> dict | None:
+        """Fetches a dispatched step's metrics, stops on a non-finite loss, and logs every `log_every` steps."""
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(values["loss"]):
+            last = self.checkpointer.latest_step()
+            raise FloatingPointError(
+                f"non-finite loss ({values['loss']}) at step {step + 1}; stopping. The last good checkpoint is "
+                f"{'step ' + str(last) if last is not None else 'none'} in {self.checkpointer.directory}")
+        window["steps"] += 1
+        window["tokens"] += tokens
+        for key, value in values.items():
+            window["sums"][key] = window["sums"].get(key, 0.0) + value
+        if not force and (step + 1) % log_every:
+            return None
+        now = time.monotonic()
+        elapsed = max(now - window["time"], 1e-9)
+        step_time = elapsed / window["steps"]
+        means = {key: total / window["steps"] for key, total in window["sums"].items()}  # over the logging interval
+        record = {"step": step + 1, **means, "lr": float(self.schedules["core"](step)),
+                  "session_lr": float(self.schedules["session"](step)), "tokens_per_s": window["tokens"] / elapsed,
+                  "step_time_s": step_time, "device_hours": self._device_hours_now(),
+                  "memory_mb": perf.memory_in_use_mb()}
+        if self.step_flops:
+            record["mfu"] = self.step_flops / step_time / self.peak_flops
+        window.update(tokens=0, time=now, steps=0, sums={})
+        self.logger.write(record)
+        self.logger.progress(step + 1, f"loss {means['loss']:.4f} | {record['tokens_per_s']:,.0f} tok/s")
+        return record
+
+    def _validate(self, step: int) -> None:
+        if self.validation is None:
+            return
+        names = masking.presets_for(self.config.model.max_neurons, self.config.model.num_samples)
+        total, weight = 0.0, 0.0
+        for b in range(min(len(self.validation), self.config.train.get("eval_batches", 8))):
+            host = self.validation(b)
+            loss, parts = self.eval_step(self.state, self._device_batch(host),
+                                         self._fields(masking.PRESETS[names[b % len(names)]]))
+            n = float(parts.get("n_targets", 1.0))
+            total, weight = total + float(loss) * n, weight + n
+        record = {"step": step, "split": "validation", "loss": total / max(weight, 1e-9)}
+        self.logger.write(record)
+        self.logger.message(f"step {step}: validation loss {record['loss']:.4f}")
+
+    def _log_parameter_counts(self) -> None:
+        counts = self.param_counts
+        self.logger.write({"step": 0, **{f"params_{k}": v for k, v in counts.items()},
+                           "step_flops": self.step_flops or 0.0, "devices": jax.device_count(),
+                           "mesh": dict(self.mesh.shape), "unique_windows": self.windows.num_windows})
+        self.logger.message(f"parameters: {counts['total']:,} total, {counts['core']:,} core (non-embedding), "
+                            f"{counts['embedding']:,} in per-session tables; mesh {dict(self.mesh.shape)}")
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        if hasattr(self, "logger"):
+            self.logger.close()

@@ -1,0 +1,97 @@
+"""Training: exact resume, logs, sharded runs, divergence and signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from omnimouse_jax.config import load_config
+from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
+from omnimouse_jax.train.trainer import train
+
+CONFIG = "experiments/configs/omnimouse.py:size=test"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_store")
+    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
+                                               test_trials=2, trial_length=90, seed=5), layout="store")
+    return root
+
+
+def _config(store, **overrides):
+    base = {"data.root": str(store), "train.steps": "6", "checkpoint.every_steps": "3", "train.log_every_steps": "1",
+            "train.eval_every_steps": "0", "train.tensorboard": "False", "checkpoint.use_async": "False",
+            "data.num_threads": "1"}
+    base.update({k: str(v) for k, v in overrides.items()})
+    return load_config(CONFIG, list(base.items()))
+
+
+def _losses(workdir):
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "split" not in r}
+
+
+def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(_config(store), whole)
+    train(_config(store, **{"train.steps": 3}), split)  # stops at the step-3 checkpoint
+    train(_config(store), split)  # resumes from it
+    a, b = _losses(whole), _losses(split)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-6)
+    records = [json.loads(line) for line in open(whole / "metrics.jsonl")]
+    assert records[0]["step"] == 0 and records[0]["params_core"] > 0 and records[0]["params_embedding"] == 64 * 16 + 2 * 16 * 2 + 64
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records[1:])
+    assert sorted(os.listdir(whole / "checkpoints")) == ["3", "6"]
+
+
+def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, tmp_path):
+    """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh."""
+    train(_config(store, **{"train.steps": 3, "mesh.data": 8}), tmp_path / "dp")
+    train(_config(store, **{"train.steps": 3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}), tmp_path / "sharded")
+    a, b = _losses(tmp_path / "dp"), _losses(tmp_path / "sharded")
+    np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], rtol=2e-4)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
+    config = _config(store, **{"optim.lr": 1e30, "optim.warmup_steps": 0, "checkpoint.every_steps": 1})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 2.*last good checkpoint is step 1"):
+        train(config, tmp_path / "w")
+    assert os.listdir(tmp_path / "w" / "checkpoints") == ["1"]
+
+
+def test_bad_mesh_and_batch_are_named(store, tmp_path):
+    from omnimouse_jax.errors import UserError
+
+    with pytest.raises(UserError, match="config.mesh"):
+        train(_config(store, **{"mesh.data": 3}), tmp_path / "a")
+    with pytest.raises(UserError, match="config.train.batch_size=4"):
+        train(_config(store, **{"train.batch_size": 4, "mesh.data": 8}), tmp_path / "b")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(store, tmp_path):
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
+           *[f"--config.{k}={v}" for k, v in {"data.root": store, "train.steps": 100000, "checkpoint.every_steps": 100000,
+                                                "train.log_every_steps": 1, "train.tensorboard": False}.items()]]
+    import jax
+
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}  # reuse this session's
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (workdir / "metrics.jsonl").exists() or len(
+            (workdir / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in err
+    steps = [int(s) for s in os.listdir(workdir / "checkpoints")]
+    assert len(steps) == 1 and steps[0] >= 2 and steps[0] == max(_losses(workdir))
