@@ -50,6 +50,26 @@ def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records[1:])
     assert sorted(os.listdir(whole / "checkpoints")) == ["3", "6"]
 
+    from omnimouse_jax.model.omnimouse import count_parameters
+    from omnimouse_jax.train.restore import load_trained
+
+    trained = load_trained(whole)
+    assert trained.step == 6 and trained.config.train.steps == 6 and len(trained.layout.names) == 2
+    assert count_parameters(trained.model)["total"] == records[0]["params_total"]
+    first = load_trained(whole, step=3)
+    assert not np.allclose(first.model.response_head.kernel[...], trained.model.response_head.kernel[...])
+
+
+def test_training_mix_choices(store):
+    from omnimouse_jax.errors import UserError
+    from omnimouse_jax.train.session import training_mix
+
+    strategies, probs = training_mix(_config(store, **{"masking.mix": "video_behavior,all_response_only"}))
+    assert len(strategies) == 2 and np.allclose(probs, 0.5)
+    assert len(training_mix(_config(store))[0]) > 20
+    with pytest.raises(UserError, match="config.masking.mix='nope'"):
+        training_mix(_config(store, **{"masking.mix": "nope"}))
+
 
 def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, tmp_path):
     """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh."""

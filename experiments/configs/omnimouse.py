@@ -106,7 +106,9 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
         warmup_steps=100 if cpu else 20_000, clip_norm=1.0, schedule="constant", final_lr_fraction=0.0,
         grad_accum_steps=1))
     # Neuron counts of the training mix's population families (paper: 64, 256, 1024 of up to 4096 neurons).
+    # mix: "paper" (the multi-task training mix) or comma-separated preset names (a specialized single-task model).
     config.masking = ml_collections.ConfigDict(dict(
+        mix="paper",
         neuron_counts={"test": (4, 8, 16), "tiny": (16, 64, 128)}.get(size, (64, 256, 1024)),
         max_reconstructed=3072))
     return config

@@ -65,7 +65,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj) -> None:
+    """Writes JSON to a temporary name, fsyncs, then renames: readers see the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
@@ -226,7 +227,7 @@ def _write_catalog(root: Path, catalog: dict) -> None:
     """Replaces catalog.json atomically; call under `_catalog_lock`, which also makes any older temp file stale."""
     for stale in root.glob(".catalog.json.tmp-*"):
         stale.unlink(missing_ok=True)
-    _write_json_atomic(root / "catalog.json", catalog)
+    write_json_atomic(root / "catalog.json", catalog)
 
 
 def _init_store(root: Path) -> None:
@@ -445,7 +446,7 @@ class SessionWriter:
             "stats_tier": "train", "provenance": self.provenance, "checksums": checksums,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_json_atomic(self._tmp / "manifest.json", manifest)
+        write_json_atomic(self._tmp / "manifest.json", manifest)
         self._publish(manifest)
 
     def _publish(self, manifest: dict) -> None:

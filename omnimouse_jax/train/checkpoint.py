@@ -6,6 +6,7 @@ truncated by a crash never costs more than the interval since the previous one.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from omnimouse_jax.errors import UserError
 
 # Replica-parallel saving slices every replicated array per device, one small XLA compile each: seconds of overhead
 # for the many small parameters of a model. Keep it for arrays large enough to gain from parallel writes.
+_absl = logging.getLogger("absl")
+_level, _ = _absl.level, _absl.setLevel(logging.ERROR)  # the override is deliberate: no warning
 ocp.type_handlers.register_type_handler(
     jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20), override=True)
+_absl.setLevel(_level)
 
 
 class Checkpointer:
@@ -43,26 +47,31 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, abstract_state, data_iterator, step: int | None = None, log=None):
-        """(step, state, meta) from `step` or the newest readable checkpoint; restores `data_iterator` in place.
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None, log=None):
+        """(step, state, meta, data_restored) from `step` or the newest readable checkpoint.
 
-        `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) that the restored arrays follow."""
+        `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) that the restored arrays follow. The
+        grain iterator is restored in place when given and when the checkpoint holds this process's iterator file
+        (the same process count); otherwise data_restored is False and the caller positions it from the step."""
         log = log or (lambda msg: print(msg, file=sys.stderr))
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
             raise UserError(f"{self.directory}: no checkpoint to restore")
         errors = []
         for candidate in candidates:
+            items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+            iterator_file = (self.directory / str(candidate) / "data" /
+                             f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+            with_data = data_iterator is not None and iterator_file.exists()
+            if with_data:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
-                restored = self.manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator),
-                    meta=ocp.args.JsonRestore()))
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
             except Exception as err:  # orbax raises many types for a damaged step; try the previous one
                 errors.append(f"step {candidate}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                 log(f"checkpoint {self.directory / str(candidate)} is unreadable ({errors[-1]}); trying an older one")
                 continue
-            return candidate, restored["state"], restored["meta"]
+            return candidate, restored["state"], restored["meta"], with_data
         raise UserError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
 
     def wait(self) -> None:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
-from omnimouse_jax.data.store import open_store
+from omnimouse_jax.data.store import write_json_atomic, open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import loss_fn
@@ -41,9 +41,20 @@ def configure_model(config, layout: SessionLayout, frame_shape) -> None:
 
 
 def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
-    """The training mix's strategies that fit this config's block and neuron budget, and their probabilities."""
-    mix = masking.training_mix(tuple(config.masking.neuron_counts), config.masking.max_reconstructed)
-    strategies, weights = zip(*mix)
+    """The strategies trained on and their probabilities. config.masking.mix is "paper" (the multi-task mix, scaled to
+    config.masking.neuron_counts) or a comma-separated list of named presets (e.g. "video_behavior" trains a
+    specialized single-task model); every strategy must fit the block and the neuron budget."""
+    mix = config.masking.get("mix", "paper")
+    if mix == "paper":
+        pairs = masking.training_mix(tuple(config.masking.neuron_counts), config.masking.max_reconstructed)
+    else:
+        names = [n.strip() for n in mix.split(",") if n.strip()]
+        unknown = [n for n in names if n not in masking.PRESETS]
+        if unknown or not names:
+            raise UserError(f"config.masking.mix={mix!r}: {unknown or 'empty'} not a preset; expected 'paper' or "
+                            f"names from {sorted(masking.PRESETS)}")
+        pairs = [(masking.PRESETS[n], 1.0) for n in names]
+    strategies, weights = zip(*pairs)
     for s in strategies:
         masking.validate_strategy(s, max_neurons=config.model.max_neurons, num_samples=config.model.num_samples,
                                   name="config.masking")
@@ -65,6 +76,7 @@ class TrainingSession:
                                          use_async=config.checkpoint.get("use_async", True))
         self._build_data_and_model()
         self.start_step, self.device_hours = self._restore()
+        write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
         self.logger = MetricsLogger(workdir, total_steps=self.total_steps, resume_step=self.start_step,
                                     tensorboard=config.train.get("tensorboard", True))
         self.peak_flops = perf.measure_matmul_peak(jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32)
@@ -173,8 +185,10 @@ class TrainingSession:
         if self.checkpointer.latest_step() is None:
             return 0, 0.0
         target = nnx.to_pure_dict(self.state)
-        step, restored, meta = self.checkpointer.restore(abstract_like(target), self.data_iter)
+        step, restored, meta, data_restored = self.checkpointer.restore(abstract_like(target), self.data_iter)
         nnx.replace_by_pure_dict(self.state, data_to_keys(restored, target))
+        if not data_restored:  # saved by another process count: batch b is a pure function of b, so position by step
+            self.data_iter.set_state({"next_index": step})
         print(f"resumed from {self.checkpointer.directory / str(step)} (step {step})", flush=True)
         return step, float(meta["device_hours"])
 

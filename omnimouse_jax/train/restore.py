@@ -1,0 +1,77 @@
+"""Loading a trained workdir for inference or fine-tuning: config, session layout and model weights from the newest
+(or a chosen) checkpoint, placed on a data-parallel mesh over the local devices."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import ml_collections
+from flax import nnx
+
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.errors import UserError
+
+
+def config_from_json(data: dict) -> ml_collections.ConfigDict:
+    """A ConfigDict from the JSON saved with a checkpoint (JSON lists become the tuples the config code uses)."""
+    def convert(value):
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return tuple(convert(v) for v in value)
+        return value
+
+    return ml_collections.ConfigDict(convert(data))
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    model: nnx.Module
+    config: ml_collections.ConfigDict
+    layout: SessionLayout
+    step: int
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    meta: dict
+
+
+def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> TrainedModel:
+    """The model of `workdir` at `step` (default: newest readable checkpoint). UserError if there is none."""
+    from omnimouse_jax.model.omnimouse import OmniMouse
+    from omnimouse_jax.train import sharding
+    from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
+    from omnimouse_jax.train.optim import make_optimizer
+
+    workdir = Path(workdir)
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise UserError(f"{workdir}: no checkpoints/ directory; train first (omnimouse train --workdir {workdir} ...)")
+    checkpointer = Checkpointer(directory, use_async=False)
+    try:
+        steps = checkpointer.steps()
+        if not steps:
+            raise UserError(f"{directory}: no checkpoint; train first (omnimouse train --workdir {workdir} ...)")
+        if step is not None and step not in steps:
+            raise UserError(f"{directory}: no checkpoint at step {step}; steps are {steps}")
+        meta = checkpointer.read_meta(step if step is not None else steps[-1])
+        config = config_from_json(meta["config"])
+        layout = SessionLayout.from_dict(meta["layout"])
+        mesh = sharding.make_mesh(mesh_config or ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+        tx, _ = make_optimizer(config.optim, int(config.train.steps))
+
+        with sharding.use_rules(mesh):
+            @nnx.jit
+            def create():
+                model = OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
+                return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+            model, optimizer = create()
+        graphdef, state = nnx.split((model, optimizer))
+        target = nnx.to_pure_dict(state)
+        restored_step, restored, meta, _ = checkpointer.restore(abstract_like(target), step=step)
+        nnx.replace_by_pure_dict(state, data_to_keys(restored, target))
+        model, _ = nnx.merge(graphdef, state)
+    finally:
+        checkpointer.close()
+    return TrainedModel(model, config, layout, restored_step, workdir, mesh, meta)
