@@ -7,7 +7,9 @@ truncated by a crash never costs more than the interval since the previous one.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import grain
@@ -15,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.faults import ENV as FAULT_ENV, kill_point
 
 # Replica-parallel saving slices every replicated array per device, one small XLA compile each: seconds of overhead
 # for the many small parameters of a model. Keep it for arrays large enough to gain from parallel writes.
@@ -39,10 +42,15 @@ class Checkpointer:
 
     def save(self, step: int, state, data_iterator, meta: dict) -> None:
         """Starts saving (returns before the write finishes when asynchronous)."""
+        kill_point("save_start", step)
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(keys_to_data(state)),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta)), force=True)
+        kill_point("save_inflight", step)
+        if os.environ.get(FAULT_ENV, "").startswith("save_done:"):
+            self.manager.wait_until_finished()
+            kill_point("save_done", step)
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -71,8 +79,21 @@ class Checkpointer:
                 errors.append(f"step {candidate}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                 log(f"checkpoint {self.directory / str(candidate)} is unreadable ({errors[-1]}); trying an older one")
                 continue
+            self._quarantine([c for c in candidates if c > candidate], log)
             return candidate, restored["state"], restored["meta"], with_data
         raise UserError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
+
+    def _quarantine(self, steps: list[int], log) -> None:
+        """Moves unreadable newer steps aside (kept for inspection, never deleted) so the run can save them anew."""
+        if not steps or jax.process_index() != 0:
+            return
+        aside = self.directory.parent / "checkpoints_unreadable"
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(self.directory / str(step), target)
+            log(f"moved unreadable checkpoint {self.directory / str(step)} to {target}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
