@@ -146,3 +146,15 @@ def test_unknown_session_and_empty_split_are_named(store, layout):
     with pytest.raises(UserError, match="split 'validation_bogus'"):
         pipeline.EvalWindows(store, layout, block=BLOCK, max_neurons=16, global_batch=4, seed=0,
                              tier="validation_bogus")
+
+
+def test_inverse_scaling_recovers_original_units(store, layout):
+    windows = _train(store, layout)
+    batch = windows(2)
+    k = int(batch["session_index"][0])
+    n = int(batch["neuron_mask"][0].sum())
+    local = batch["neuron_index"][0, :n] - layout.row_offsets[k]
+    original = windows.reader.normalizers[k].responses_to_original(batch["responses"][0, :, :n], local)
+    start = int(batch["window_start"][0])
+    raw = store.session(layout.names[k]).read(start, start + BLOCK, neurons=local)["responses"]
+    np.testing.assert_allclose(original, raw, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,147 @@
+"""`omnimouse demo --out DIR`: the main job on built-in synthetic data, end to end.
+
+    omnimouse demo --out results/demo        (what `make demo` runs)
+
+1. synthesize digital mice with known ground truth (DIR/store);
+2. run the CPU scaling sweep experiments/sweeps/scaling_demo.py (model size x data size, 2 seeds at the smallest size),
+   training and evaluating every run in every regime against the baselines (DIR/sweep);
+3. fit the scaling laws with bootstrap intervals and draw the figures (DIR/figures);
+4. write DIR/report.md (figures, the regimes-vs-baselines table of the largest run, fitted laws, the plain-words
+   verdicts) and DIR/results.json.
+Every stage skips what a previous demo in DIR already finished, so an interrupted demo resumes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from omnimouse_jax.errors import UserError
+
+SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "scaling_demo.py"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="results/demo", help="output directory (default results/demo)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per run (default 60: the CPU budget)")
+    parser.add_argument("--processes", type=int, default=2, help="runs trained at a time (default 2)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the fits (default 1000)")
+    parser.add_argument("--mice", type=int, default=3, help="digital mice to synthesize (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the digital mice (default 0)")
+
+
+def _stage(number: int, text: str, start: float) -> None:
+    print(f"[{number}/4 {time.monotonic() - start:6.0f}s] {text}", flush=True)
+
+
+def synthesize(store: Path, mice: int, seed: int) -> list[str]:
+    """The demo's digital mice; reuses a complete store from an earlier demo."""
+    from omnimouse_jax.data.store import open_store
+    from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
+
+    config = DigitalMiceConfig(mice=mice, seed=seed)
+    if (store / "catalog.json").exists():
+        names = open_store(store).sessions
+        if len(names) == mice:
+            return names
+    return write_digital_mice(store, config, layout="store")
+
+
+def run(args) -> int:
+    from omnimouse_jax.scaling import figures, sweep as sweeps
+
+    if args.steps < 1 or args.processes < 1 or args.mice < 1 or args.bootstrap < 0:
+        raise UserError("--steps, --processes and --mice must be positive and --bootstrap non-negative")
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    timings = {}
+
+    _stage(1, f"synthesizing {args.mice} digital mice into {out / 'store'}", start)
+    names = synthesize(out / "store", args.mice, args.seed)
+    timings["synthesize_s"] = time.monotonic() - start
+
+    _stage(2, f"scaling sweep ({SWEEP_FILE.name}, {args.steps} steps per run) in {out / 'sweep'}", start)
+    sweep = sweeps.load_sweep(f"{SWEEP_FILE}:steps={args.steps}", out / "sweep", [("data.root", str(out / "store"))])
+    status = sweeps.run_local(sweep, processes=args.processes, log=lambda m: print("      " + m, flush=True))
+    rows = sweeps.collect(sweep)
+    failed = {name: s.get("error") for name, s in status.items() if s.get("state") != "finished"}
+    timings["sweep_s"] = time.monotonic() - start - timings["synthesize_s"]
+
+    _stage(3, f"fitting scaling laws ({args.bootstrap} bootstrap resamples) and drawing figures", start)
+    made = figures.make_figures(out / "sweep", out / "figures", bootstrap=args.bootstrap)
+    timings["fit_s"] = time.monotonic() - start - timings["synthesize_s"] - timings["sweep_s"]
+
+    _stage(4, f"writing {out / 'report.md'}", start)
+    main_run = _largest_run(rows)
+    evaluation = json.loads((Path(main_run["workdir"]) / "eval.json").read_text()) if main_run else None
+    verdicts = _verdicts(made["fits"])
+    timings["total_s"] = time.monotonic() - start
+    results = {"store": str(out / "store"), "sessions": names, "runs": rows, "failed_runs": failed,
+               "fits": made["fits"].to_json(), "verdicts": verdicts, "main_run": main_run and main_run["name"],
+               "evaluation": evaluation, "timings": timings}
+    from omnimouse_jax.scaling.sweep import atomic_write
+
+    atomic_write(out / "results.json", json.dumps(_finite(results), indent=1))
+    atomic_write(out / "report.md", _report(out, rows, made, evaluation, main_run, verdicts, failed, timings))
+    print(f"done in {timings['total_s']:.0f} s: {out / 'report.md'}")
+    for line in verdicts.values():
+        print("  " + line)
+    return 0 if not failed else 1
+
+
+def _largest_run(rows: list[dict]) -> dict | None:
+    """The finished run with the most parameters, then the most data: the one whose regimes table the report shows."""
+    done = [r for r in rows if r["status"] == "finished" and r.get("N") and r.get("D")]
+    return max(done, key=lambda r: (r["N"], r["D"], -(r.get("seed") or 0))) if done else None
+
+
+def _verdicts(fits) -> dict[str, str]:
+    """Plain-words statements, each backed by an interval."""
+    from omnimouse_jax.scaling.fit import saturation_verdict
+
+    out = {}
+    falling = []
+    for size, result in fits.by_size.items():
+        low, high = result.intervals.get("alpha", (math.nan, math.nan))
+        falling.append((size, result.params["alpha"], low, high))
+    if falling:
+        every = all(low > 0 for _, _, low, _ in falling)
+        detail = "; ".join(f"{s}: data exponent {a:.3g} [{lo:.3g}, {hi:.3g}]" for s, a, lo, hi in falling)
+        out["data"] = (("Loss falls with data at every model size" if every else
+                        "Loss does not fall with data at every model size") + f" (95% intervals: {detail}).")
+    for d, result in fits.by_data.items():
+        verdict = saturation_verdict(result)
+        out[f"model_size_at_D={d:.3g}"] = f"Model size at D = {d:.3g} neural tokens: {verdict.text}"
+    return out
+
+
+def _report(out, rows, made, evaluation, main_run, verdicts, failed, timings) -> str:
+    from omnimouse_jax.evaluate.report import paper_markdown
+
+    lines = ["# OmniMouse-JAX demo: scaling on digital mice", "",
+             f"Total run time {timings['total_s']:.0f} s on this machine (synthesis {timings['synthesize_s']:.0f} s, "
+             f"sweep {timings['sweep_s']:.0f} s, fits and figures {timings['fit_s']:.0f} s).", "",
+             "## Verdicts", ""] + [f"- {v}" for v in verdicts.values()]
+    if failed:
+        lines += ["", "## Runs that did not finish", ""] + [f"- {k}: {v}" for k, v in failed.items()]
+    if evaluation is not None:
+        lines += ["", f"## Regimes vs baselines: {main_run['name']} (the largest model on all the data)", "",
+                  paper_markdown(evaluation)]
+    lines += ["", "## Fitted laws and runs", "", f"See [{made['table'].name}](figures/{made['table'].name}) for the "
+              "full runs table.", ""]
+    lines += [line for line in made["table"].read_text().split("## Fits", 1)[1].split("## Figures")[0].strip().splitlines()]
+    lines += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in made["figures"] if p.suffix == ".png"]
+    return "\n".join(lines) + "\n"
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: write null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
