@@ -224,3 +224,12 @@ def test_cli_json_holds_the_report(tmp_path, capsys):
 
 def test_cli_form_choices_match_the_library():
     assert fit_command._FORMS == fit.FORMS
+
+
+def test_rows_with_empty_cells_are_skipped_and_counted(tmp_path, capsys):
+    rows = [(1e3, 3.0), (1e4, 2.0), (1e5, 1.5), (1e6, 1.25), (1e7, 1.12), (1e8, "")]  # the last: an unfinished run
+    path = _write_csv(tmp_path / "runs.csv", ("params", "loss"), rows)
+    assert cli.main(["fit", "--csv", path, "--form", "power", "--x", "params", "--y", "loss", "--bootstrap", "0",
+                     "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 rows" in captured.err and json.loads(captured.out)["n_points"] == 5

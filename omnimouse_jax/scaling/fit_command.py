@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 
 from omnimouse_jax.errors import UserError
 
@@ -45,13 +46,20 @@ def read_columns(path: str, names: list[str]) -> dict[str, list[float]]:
             if missing:
                 raise UserError(f"{path}: no column {missing[0]!r}; the header has {', '.join(header) or 'nothing'}")
             columns: dict[str, list[float]] = {n: [] for n in names}
+            skipped = 0
             for row_number, row in enumerate(reader, start=1):
-                for n in names:
-                    text = (row[n] or "").strip()
+                texts = {n: (row[n] or "").strip() for n in names}
+                if not all(texts.values()):  # e.g. a sweep's unfinished or failed run: no value to fit
+                    skipped += 1
+                    continue
+                for n, text in texts.items():
                     try:
                         columns[n].append(float(text))
                     except ValueError:
                         raise UserError(f"{path}: row {row_number}, column {n!r}: {text!r} is not a number") from None
+            if skipped:
+                print(f"{path}: skipped {skipped} rows with an empty {'/'.join(names)} cell (unfinished runs)",
+                      file=sys.stderr)
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     return columns
