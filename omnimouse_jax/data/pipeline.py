@@ -18,6 +18,8 @@ Batch fields (B = per-host batch, T = block samples, N = max_neurons, C = len(BE
   eval_mask      bool    (B, T)     evaluation: samples this window is the first to cover; training: all True
   window_start   int32   (B,)       first sample of the window in its session; trial_index int32 (B,) source index
   trial_offset   int32   (B,)       first sample of the window counted from its trial's start
+Evaluation windows may also carry per-neuron extra fields of the store (e.g. a digital mouse's `true_rates`), each
+float32 (B, T, N) with the neurons and scaling of `responses`.
 """
 from __future__ import annotations
 
@@ -102,9 +104,15 @@ class _Normalizer:
 class _Reader:
     """Reads and assembles examples; shared by the training and evaluation datasets."""
 
-    def __init__(self, store, layout: SessionLayout, block: int, max_neurons: int):
+    def __init__(self, store, layout: SessionLayout, block: int, max_neurons: int, extra_fields: Sequence[str] = ()):
         self.layout, self.block, self.max_neurons = layout, block, max_neurons
         self.sessions = [store.session(name) for name in layout.names]
+        self.extra_fields = tuple(extra_fields)
+        for session in self.sessions:
+            for field in self.extra_fields:
+                if session.extra_fields.get(field) != session.n_neurons:
+                    raise UserError(f"session {session.name}: no per-neuron extra field {field!r} (its extra fields: "
+                                    f"{session.extra_fields}); expected one column per neuron ({session.n_neurons})")
         shapes = {s.frame_shape for s in self.sessions}
         if len(shapes) != 1:
             raise UserError(f"config.data.sessions: sessions have different frame shapes {sorted(shapes)}; "
@@ -115,7 +123,8 @@ class _Reader:
     def read(self, examples: list[tuple[int, int, int, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """examples: (session k, start, trial row, neuron local indices, eval mask (T,)); None entries are padding."""
         B, T, N = len(examples), self.block, self.max_neurons
-        futures = [None if ex is None else self.sessions[ex[0]].read_async(ex[1], ex[1] + T, _FIELDS)
+        futures = [None if ex is None else self.sessions[ex[0]].read_async(ex[1], ex[1] + T,
+                                                                            _FIELDS + self.extra_fields)
                    for ex in examples]
         batch = {
             "responses": np.zeros((B, T, N), np.float32),
@@ -131,6 +140,7 @@ class _Reader:
             "window_start": np.zeros((B,), np.int32),
             "trial_index": np.zeros((B,), np.int32),
             "trial_offset": np.zeros((B,), np.int32),
+            **{f: np.zeros((B, T, N), np.float32) for f in self.extra_fields},
         }
         for b, (ex, fut) in enumerate(zip(examples, futures)):
             if ex is None:
@@ -139,7 +149,8 @@ class _Reader:
             session, norm = self.sessions[k], self.normalizers[k]
             raw = {f: f_.result() for f, f_ in fut.items()}
             n = len(neurons)
-            np.multiply(raw["responses"][:, neurons], norm.response_scale[neurons], out=batch["responses"][b, :, :n])
+            for field in ("responses", *self.extra_fields):
+                np.multiply(raw[field][:, neurons], norm.response_scale[neurons], out=batch[field][b, :, :n])
             batch["neuron_mask"][b, :n] = True
             batch["neuron_index"][b, :n] = self.layout.row_offsets[k] + neurons
             batch["session_index"][b] = k
@@ -217,11 +228,13 @@ class EvalWindows:
     """Deterministic strided windows over a tier; each sample is marked in eval_mask by exactly one window.
 
     Sessions with more neurons than max_neurons are covered in several neuron chunks of one fixed random order, so each
-    (neuron, sample) is evaluated once. The last global batch is padded (example_mask False)."""
+    (neuron, sample) is evaluated once. The last global batch is padded (example_mask False). `extra_fields`: per-neuron
+    extra fields of the store to read alongside the responses, scaled like them (UserError if a session lacks one)."""
 
     def __init__(self, store, layout: SessionLayout, *, block: int, max_neurons: int, global_batch: int, seed: int,
-                 tier: str = "test", stride: int | None = None, process_index: int = 0, process_count: int = 1):
-        self.reader = _Reader(store, layout, block, max_neurons)
+                 tier: str = "test", stride: int | None = None, process_index: int = 0, process_count: int = 1,
+                 extra_fields: Sequence[str] = ()):
+        self.reader = _Reader(store, layout, block, max_neurons, extra_fields)
         self.per_host = _check_batch(global_batch, process_count)
         self.global_batch, self.process_index = global_batch, process_index
         stride = stride or block
@@ -249,15 +262,19 @@ class EvalWindows:
         return self.reader.read(chosen + [None] * (self.per_host - len(chosen)))
 
 
+# Named splits and their tiers: 'validation' is validation + oracle (the paper's convention), 'test' the test tiers.
+SPLITS = {
+    "train": ("train",),
+    "validation": ("validation", "oracle"),
+    "oracle": ("oracle",),
+    "test": ("test", "final_test_main", "live_test_main"),
+    "test_bonus": ("final_test_bonus", "live_test_bonus"),
+}
+
+
 def tier_names(split: str) -> tuple[str, ...]:
-    """Tiers of a split name: 'validation' is validation + oracle (the paper's convention), 'test' the test tiers."""
-    return {
-        "train": ("train",),
-        "validation": ("validation", "oracle"),
-        "oracle": ("oracle",),
-        "test": ("test", "final_test_main", "live_test_main"),
-        "test_bonus": ("final_test_bonus", "live_test_bonus"),
-    }.get(split, (split,))
+    """Tiers of a split name (see SPLITS); any other name is taken as a single tier."""
+    return SPLITS.get(split, (split,))
 
 
 def _strided_windows(start: int, stop: int, block: int, stride: int):
@@ -282,10 +299,12 @@ def train_dataset(windows: TrainWindows, *, start_batch: int = 0, num_threads: i
             .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
 
 
-def eval_dataset(windows: EvalWindows, *, num_threads: int = 4, prefetch: int = 8):
-    """A grain IterDataset over every evaluation batch once, in order."""
+def eval_dataset(windows: EvalWindows, *, num_threads: int = 4, prefetch: int = 8,
+                 batches: Sequence[int] | None = None):
+    """A grain IterDataset over every evaluation batch once, in order (or over the batch indices `batches`)."""
     import grain
 
-    return (grain.MapDataset.range(len(windows))
+    indices = range(len(windows)) if batches is None else [int(b) for b in batches]
+    return (grain.MapDataset.source(indices)
             .map(windows)
             .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omnimouse_jax.train.sharding import constrain, partitioned
+from omnimouse_jax.train.sharding import constrain, partitioned, take_rows
 
 _TABLE_INIT = nnx.initializers.normal(0.02)
 
@@ -36,13 +36,13 @@ class NeuronIdentity(nnx.Module):
 
     def __call__(self, neuron_index_BxN, session_index_B, animal_index_B) -> jax.Array:
         """(B, N, d_model): projection of neuron + session + animal embeddings."""
-        rows = jnp.take(self.neuron_table[...], neuron_index_BxN, axis=0)
+        rows = take_rows(self.neuron_table[...], neuron_index_BxN, "neuron_rows")
         emb = (rows + jnp.take(self.session_table[...], session_index_B, axis=0)[:, None]
                + jnp.take(self.animal_table[...], animal_index_B, axis=0)[:, None])
         return constrain(self.project(emb), ("batch", "neurons", "embed"))
 
     def bias(self, neuron_index_BxN) -> jax.Array:
-        return jnp.take(self.neuron_bias[...], neuron_index_BxN, axis=0)
+        return take_rows(self.neuron_bias[...], neuron_index_BxN, "neuron_rows")
 
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""

@@ -1,6 +1,9 @@
 """One training run's moving parts: mesh, model and optimizer, compiled step, data, checkpoints and logs.
 
 Data flows store -> grain pipeline (per-host numpy) -> global jax arrays sharded over the batch axes -> compiled step.
+The step is compiled from abstract inputs (shapes, dtypes, shardings), so `compile_only` can plan a run's per-device
+memory and FLOPs for any mesh without allocating a parameter. In a multi-process run every process trains and
+checkpoints; only process 0 writes the run-wide files (config.json, metrics.jsonl, TensorBoard).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import loss_fn
 from omnimouse_jax.model.omnimouse import OmniMouse, count_parameters
-from omnimouse_jax.train import perf, sharding
+from omnimouse_jax.train import distributed, perf, sharding
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
 from omnimouse_jax.train.logging import MetricsLogger
 from omnimouse_jax.train.optim import make_optimizer
@@ -62,6 +65,148 @@ def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
     return list(strategies), weights / weights.sum()
 
 
+def check_batch_divides_mesh(config, mesh) -> None:
+    """UserError unless the global batch splits evenly over the data-parallel devices."""
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.batch_size % batch_devices:
+        raise UserError(f"config.train.batch_size={config.train.batch_size}: must be a multiple of the mesh's "
+                        f"data x fsdp devices ({batch_devices})")
+
+
+def create_model_and_optimizer(config, tx):
+    """The model and its optimizer; call inside `sharding.use_rules(mesh)` and a jit (or eval_shape)."""
+    model = OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def abstract_state(config, tx, mesh):
+    """(graphdef, state) of model and optimizer with ShapeDtypeStruct leaves carrying their shardings: the layout of
+    the real state, computed without allocating it."""
+    graphdef = None
+
+    def create():
+        nonlocal graphdef
+        graphdef, state = nnx.split(create_model_and_optimizer(config, tx))
+        return state
+
+    with sharding.use_rules(mesh):
+        shapes = jax.eval_shape(create)
+        specs = nnx.get_partition_spec(shapes)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 - optimizer slots of the other param group
+
+    def place(shape, spec):
+        if masked(shape):
+            return shape
+        return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=jax.sharding.NamedSharding(mesh, spec))
+
+    return graphdef, jax.tree.map(place, shapes, specs, is_leaf=masked)
+
+
+def abstract_batch(config, batch_sharding) -> dict:
+    """ShapeDtypeStructs of the model's batch fields (global batch; see omnimouse_jax.data.pipeline for the layout)."""
+    b, t, n = config.train.batch_size, config.model.num_samples, config.model.max_neurons
+    c, frame = len(pipeline.BEHAVIOR_CHANNELS), tuple(config.model.frame_shape)
+    shapes = {"responses": ((b, t, n), jnp.float32), "neuron_mask": ((b, n), jnp.bool_),
+              "neuron_index": ((b, n), jnp.int32), "session_index": ((b,), jnp.int32),
+              "animal_index": ((b,), jnp.int32), "video": ((b, t, *frame), jnp.uint8),
+              "behavior": ((b, t, c), jnp.float32), "behavior_mask": ((b, c), jnp.bool_)}
+    return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=batch_sharding) for k in MODEL_FIELDS}
+
+
+def abstract_fields(strategy) -> dict:
+    """ShapeDtypeStructs of one masking strategy's fields (the same for every strategy: int32 scalars)."""
+    return {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in masking.strategy_arrays(strategy).items()}
+
+
+def step_functions(graphdef, model_config):
+    """(train_step, eval_step), pure functions of (state, batch, fields) for jax.jit."""
+    num_samples = model_config.num_samples
+
+    def forward_loss(model, batch, fields, deterministic):
+        masks = masking.make_masks(fields, batch["neuron_mask"], num_samples)
+        predictions = model(batch, masks, deterministic=deterministic)
+        return loss_fn(predictions, batch, masks, model_config)
+
+    def train_step(state, batch, fields):
+        model, optimizer = nnx.merge(graphdef, state)
+        (loss, parts), grads = nnx.value_and_grad(
+            lambda m: forward_loss(m, batch, fields, False), has_aux=True)(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
+
+    def eval_step(state, batch, fields):
+        model, _ = nnx.merge(graphdef, state)
+        return forward_loss(model, batch, fields, True)
+
+    return train_step, eval_step
+
+
+def compile_train_step(graphdef, state, batch, fields, mesh, model_config):
+    """The train step lowered and compiled for these (abstract or concrete) inputs; the state is donated."""
+    train_step, _ = step_functions(graphdef, model_config)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    with sharding.use_rules(mesh):
+        return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, None)).lower(
+            state, batch, fields).compile()
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (or arrays): its shard of every leaf."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # held as raw words, e.g. 2 x uint32 each
+            raw = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+            per_element = math.prod(raw.shape[len(leaf.shape):]) * raw.dtype.itemsize
+        else:
+            per_element = leaf.dtype.itemsize
+        total += math.prod(shard) * per_element
+    return total
+
+
+def compile_only(config) -> dict:
+    """Plans a training run without allocating it: compiles the train step for config.mesh on abstract inputs and
+    returns per-device bytes (parameters, optimizer state, batch, XLA's argument/output/temp sizes) and FLOPs.
+
+    Table sizes and the frame shape come from the store at config.data.root when it exists (only its catalog and
+    manifests are read), otherwise from config.model as given."""
+    root = Path(config.data.root) if config.data.root else None
+    if root is not None and root.exists():
+        store = open_store(root)
+        layout = SessionLayout.from_store(store, config.data.get("sessions", "all"))
+        configure_model(config, layout, store.session(layout.names[0]).frame_shape)
+        source = f"store {root}"
+    else:
+        source = f"config.model (no store at config.data.root={config.data.root!r})"
+    mesh = sharding.make_mesh(config.mesh)
+    check_batch_divides_mesh(config, mesh)
+    tx, _ = make_optimizer(config.optim, int(config.train.steps))
+    graphdef, state = abstract_state(config, tx, mesh)
+    strategies, _ = training_mix(config)
+    batch = abstract_batch(config, sharding.batch_sharding(mesh))
+    compiled = compile_train_step(graphdef, state, batch, abstract_fields(strategies[0]), mesh, config.model)
+    memory = compiled.memory_analysis()
+    params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
+    flops = perf.compiled_flops(compiled)  # of the per-device (partitioned) program
+    return {
+        "source": source, "devices": mesh.size, "mesh": dict(mesh.shape),
+        "num_neuron_rows": int(config.model.num_neuron_rows), "global_batch": int(config.train.batch_size),
+        "param_count": sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+        "param_bytes": per_device_bytes(params),
+        "optimizer_bytes": per_device_bytes(state[1]),
+        "other_state_bytes": per_device_bytes(state[0]) - per_device_bytes(params),
+        "batch_bytes": per_device_bytes(batch),
+        "argument_bytes": int(memory.argument_size_in_bytes),
+        "output_bytes": int(memory.output_size_in_bytes),
+        "aliased_bytes": int(memory.alias_size_in_bytes),
+        "temp_bytes": int(memory.temp_size_in_bytes),
+        "peak_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                          - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+        "flops_per_device": flops or 0.0,
+        "flops_per_step": (flops or 0.0) * mesh.size,
+    }
+
+
 class TrainingSession:
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
@@ -76,9 +221,12 @@ class TrainingSession:
                                          use_async=config.checkpoint.get("use_async", True))
         self._build_data_and_model()
         self.start_step, self.device_hours = self._restore()
-        write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
-        self.logger = MetricsLogger(workdir, total_steps=self.total_steps, resume_step=self.start_step,
-                                    tensorboard=config.train.get("tensorboard", True))
+        if distributed.is_main_process():
+            write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+            self.logger = MetricsLogger(workdir, total_steps=self.total_steps, resume_step=self.start_step,
+                                        tensorboard=config.train.get("tensorboard", True))
+        else:
+            self.logger = _Silent()
         self.peak_flops = perf.measure_matmul_peak(jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32)
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -90,10 +238,7 @@ class TrainingSession:
         saved = self._saved_layout()
         self.layout = saved or SessionLayout.from_store(store, config.data.get("sessions", "all"))
         configure_model(config, self.layout, store.session(self.layout.names[0]).frame_shape)
-        batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if config.train.batch_size % batch_devices:
-            raise UserError(f"config.train.batch_size={config.train.batch_size}: must be a multiple of the mesh's "
-                            f"data x fsdp devices ({batch_devices})")
+        check_batch_divides_mesh(config, self.mesh)
         self.windows = pipeline.TrainWindows(
             store, self.layout, block=config.model.num_samples, max_neurons=config.model.max_neurons,
             global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
@@ -109,18 +254,11 @@ class TrainingSession:
         self.param_counts = count_parameters(model)
         self.graphdef, self.state = nnx.split((model, optimizer))
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        self._compile(model)
+        self._compile()
 
     def _init_model_and_optimizer(self):
         """Model and optimizer created inside one jit, so every parameter is born sharded in a single compile."""
-        config, tx = self.config, self.tx
-
-        @nnx.jit
-        def create():
-            model = OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
-            return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-        return create()
+        return nnx.jit(lambda: create_model_and_optimizer(self.config, self.tx))()
 
     def _saved_layout(self) -> SessionLayout | None:
         step = self.checkpointer.latest_step()
@@ -138,33 +276,12 @@ class TrainingSession:
         except UserError:
             return None  # a store without validation/oracle trials: no periodic validation loss
 
-    def _compile(self, model) -> None:
-        graphdef, cfg = self.graphdef, self.config.model
-        num_samples = cfg.num_samples
-
-        def forward_loss(model, batch, fields, deterministic):
-            masks = masking.make_masks(fields, batch["neuron_mask"], num_samples)
-            predictions = model(batch, masks, deterministic=deterministic)
-            return loss_fn(predictions, batch, masks, cfg)
-
-        def train_step(state, batch, fields):
-            model, optimizer = nnx.merge(graphdef, state)
-            (loss, parts), grads = nnx.value_and_grad(
-                lambda m: forward_loss(m, batch, fields, False), has_aux=True)(model)
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
-
-        def eval_step(state, batch, fields):
-            model, _ = nnx.merge(graphdef, state)
-            return forward_loss(model, batch, fields, True)
-
-        example = self._device_batch(self.windows(0))
-        fields = self._fields(self.strategies[0])
-        state_sharding = jax.tree.map(lambda x: x.sharding, self.state)
+    def _compile(self) -> None:
+        self.train_step = compile_train_step(
+            self.graphdef, self.state, abstract_batch(self.config, self.batch_sharding),
+            abstract_fields(self.strategies[0]), self.mesh, self.config.model)
+        _, eval_step = step_functions(self.graphdef, self.config.model)
         with sharding.use_rules(self.mesh):
-            lowered = jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, None)).lower(
-                self.state, example, fields)
-            self.train_step = lowered.compile()
             self.eval_step = jax.jit(eval_step)
         self.step_flops = perf.compiled_flops(self.train_step)
 
@@ -288,3 +405,19 @@ class TrainingSession:
         self.checkpointer.close()
         if hasattr(self, "logger"):
             self.logger.close()
+
+
+class _Silent:
+    """The logger of processes other than 0: process 0 alone writes metrics.jsonl and prints progress."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def progress(self, step: int, text: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

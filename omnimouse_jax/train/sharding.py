@@ -99,6 +99,37 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes))
 
 
+def take_rows(table: jax.Array, index: jax.Array, rows_axis: str) -> jax.Array:
+    """table[index] (rows along axis 0) for a table split along its rows by the rule of `rows_axis`, moving only the
+    rows that `index` names rather than the whole table.
+
+    `index` (B, ...) is split along B like a batch. Each device looks up the indices of its whole row-shard group in
+    its own rows (zeros elsewhere) and a reduce-scatter hands every device the complete rows of its batch shard. The
+    gradient is scattered into each device's own rows, so it and the optimizer state stay split like the table.
+    Without a mesh, or when the table is not split, this is jnp.take."""
+    import jax.numpy as jnp
+
+    axis, batch = _PARAM_RULES[rows_axis], _RULES["batch"]
+    mesh = jax.sharding.get_abstract_mesh()
+    if (not _mesh_active() or not isinstance(axis, str) or mesh.shape[axis] == 1 or axis not in batch
+            or table.shape[0] % mesh.shape[axis] or index.shape[0] % math.prod(mesh.shape[a] for a in batch)):
+        return jnp.take(table, index, axis=0)
+    rows_per_shard = table.shape[0] // mesh.shape[axis]
+    row_dims = (None,) * (table.ndim - 1)
+
+    def lookup(table_shard, index_shard):
+        group_index = jax.lax.all_gather(index_shard, axis, axis=0, tiled=True)  # the row-shard group's batch
+        local = group_index - jax.lax.axis_index(axis) * rows_per_shard
+        mine = (local >= 0) & (local < rows_per_shard)
+        rows = jnp.take(table_shard, jnp.where(mine, local, 0), axis=0)
+        rows = jnp.where(mine.reshape(mine.shape + (1,) * len(row_dims)), rows, 0)
+        return jax.lax.psum_scatter(rows, axis, scatter_dimension=0, tiled=True)
+
+    index_spec = (batch,) + (None,) * (index.ndim - 1)
+    return jax.shard_map(lookup, in_specs=(PartitionSpec(axis, *row_dims), PartitionSpec(*index_spec)),
+                         out_specs=PartitionSpec(*index_spec, *row_dims))(table, index)
+
+
 @contextlib.contextmanager
 def use_rules(mesh: jax.sharding.Mesh) -> Iterator[None]:
     """Activates `mesh` and the logical rules: models built and run inside are sharded by their axis names."""

@@ -1,6 +1,13 @@
 """`omnimouse train`: pretrain an OmniMouse model from a config, sharded over a device mesh, resuming from the workdir.
 
     omnimouse train --config experiments/configs/omnimouse.py:size=tiny --workdir W [--config.train.steps=500 ...]
+    omnimouse train --compile-only --config experiments/configs/omnimouse.py:size=300M --config.mesh.fsdp=8
+    launch/local_multiprocess.sh 2 -- --config ... --workdir W      (or srun, or a TPU pod: one process per host)
+
+Multi-process runs join jax.distributed first (omnimouse_jax.train.distributed: flags, SLURM or Cloud TPU), check
+that every process runs the same config, and then train as one program over all processes' devices.
+--compile-only plans a run instead: it compiles the train step for the config's mesh on abstract inputs and prints
+per-device memory and FLOPs per step without allocating parameters (on a CPU it fakes the devices the mesh needs).
 
 Each step samples a masking strategy from the training mix (a pure function of seed and step), so one compiled step
 serves every strategy. The next step is dispatched before the previous step's metrics are fetched. Checkpoints hold the
@@ -19,15 +26,69 @@ ACCEPTS_CONFIG_OVERRIDES = True
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="config file[:arg], e.g. experiments/configs/omnimouse.py:size=tiny")
-    parser.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics.jsonl, tensorboard/")
+    parser.add_argument("--workdir", help="run directory: checkpoints, metrics.jsonl, tensorboard/ (required unless "
+                                           "--compile-only)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile the train step for the config's mesh and print per-device memory and FLOPs; "
+                             "allocates no parameters")
+    group = parser.add_argument_group("multi-process runs (SLURM and Cloud TPU are detected without these)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    group.add_argument("--num-processes", type=int, metavar="P", help="number of processes in the run")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 <= I < P")
+    group.add_argument("--init-timeout", type=int, default=300, metavar="S",
+                       help="seconds to wait for the coordinator and every process (default 300)")
 
 
 def run(args) -> int:
     from omnimouse_jax.config import load_config
+    from omnimouse_jax.errors import UserError
+    from omnimouse_jax.train import distributed
 
+    if args.compile_only:
+        config = load_config(args.config, getattr(args, "config_overrides", []))
+        print_plan(plan(config))
+        return 0
+    if not args.workdir:
+        raise UserError("--workdir: required (the run directory), unless --compile-only")
+    group = distributed.detect(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(group, timeout_s=args.init_timeout)  # before anything touches a device
     config = load_config(args.config, getattr(args, "config_overrides", []))
+    distributed.check_same_config(config.to_json_best_effort(), timeout_s=args.init_timeout)
     train(config, args.workdir)
     return 0
+
+
+def plan(config) -> dict:
+    """omnimouse_jax.train.session.compile_only for config.mesh; on a CPU backend not yet started, first fakes as
+    many CPU devices as the mesh needs, so a laptop can plan a cluster's run."""
+    import math
+
+    import jax
+    from jax._src import xla_bridge
+
+    sizes = [int(config.mesh.get(axis, 1)) for axis in ("data", "fsdp", "tensor")]
+    if all(size > 0 for size in sizes) and not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", math.prod(sizes))
+    from omnimouse_jax.train.session import compile_only
+
+    return compile_only(config)
+
+
+def print_plan(result: dict) -> None:
+    """The compile-only numbers as a table: per device, then per step."""
+    mib = lambda b: f"{b / 2**20:12,.2f} MiB"  # noqa: E731
+    mesh = " x ".join(f"{axis}={size}" for axis, size in result["mesh"].items())
+    rows = [("parameters", result["param_bytes"]), ("optimizer state", result["optimizer_bytes"]),
+            ("other state (RNG)", result["other_state_bytes"]), ("batch", result["batch_bytes"]),
+            ("arguments (XLA)", result["argument_bytes"]), ("outputs (XLA)", result["output_bytes"]),
+            ("  of which donated", result["aliased_bytes"]), ("activations+temp (XLA)", result["temp_bytes"]),
+            ("peak estimate", result["peak_bytes"])]
+    print(f"compile-only: {result['devices']} devices, mesh {mesh}, global batch {result['global_batch']}, "
+          f"{result['param_count']:,} parameters, {result['num_neuron_rows']:,} neuron rows from {result['source']}")
+    print("per device:")
+    for name, value in rows:
+        print(f"  {name:<24}{mib(value)}")
+    print(f"FLOPs per step: {result['flops_per_device']:.4g} per device, {result['flops_per_step']:.4g} in all")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,123 @@
+"""`omnimouse evaluate`: a trained workdir in every regime, with baselines beside it, as JSON and paper-style tables.
+
+    omnimouse evaluate --workdir W [--regimes all|paper|a,b] [--split test] [--out W/eval.json]
+        [--baselines mean,persistence,ridge,cnn|none] [--baseline-workdirs NAME=W2,...] [--max-batches N]
+        [--sensorium-submission FILE.parquet] [--save-predictions a,b]
+
+Writes eval.json (see evaluate/regimes.py for its keys) and eval.md (the tables) and prints the paper-style table.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omnimouse_jax.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True, help="trained run directory (its newest checkpoint is evaluated)")
+    parser.add_argument("--step", type=int, default=None, help="evaluate the checkpoint of this step instead")
+    parser.add_argument("--regimes", default="all",
+                        help="'all' (every preset the model's neuron budget allows), 'paper' (those of the paper's "
+                             "table) or comma-separated preset names")
+    parser.add_argument("--split", default="test",
+                        help="test (default), validation, oracle, train, test_bonus, or a tier name")
+    parser.add_argument("--out", default=None, help="eval.json path (default: WORKDIR/eval.json); eval.md beside it")
+    parser.add_argument("--store", default=None, help="session store (default: the one the model was trained on)")
+    parser.add_argument("--baselines", default="mean,persistence,ridge,cnn",
+                        help="comma-separated from mean, persistence, ridge, cnn; or 'none'")
+    parser.add_argument("--baseline-workdirs", default="",
+                        help="specialized models as NAME=WORKDIR,... (trained with --config.masking.mix=PRESET)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="evaluate at most this many batches, spread over the split (default: all)")
+    parser.add_argument("--train-batches", type=int, default=40, help="training batches the baselines are fit on")
+    parser.add_argument("--cnn-steps", type=int, default=150, help="training steps of the CNN baseline")
+    parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the training batch)")
+    parser.add_argument("--save-predictions", default="",
+                        help="comma-separated regimes whose scored predictions go to OUT_DIR/predictions/REGIME.npz")
+    parser.add_argument("--sensorium-submission", default=None, metavar="FILE.parquet",
+                        help="also write Sensorium 2023 predictions for the split's trials (frames after the first 50)")
+
+
+def _pairs(text: str) -> dict[str, str]:
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--baseline-workdirs: {item!r}: expected NAME=WORKDIR")
+        pairs[name] = path
+    return pairs
+
+
+def run(args) -> int:
+    from omnimouse_jax.evaluate.regimes import EvalOptions, evaluate_workdir, regime_names
+
+    for flag in ("max_batches", "train_batches", "cnn_steps", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value}: expected a positive number")
+    baselines = [] if args.baselines.strip() == "none" else regime_names(args.baselines)
+    options = EvalOptions(max_batches=args.max_batches, train_batches=args.train_batches, cnn_steps=args.cnn_steps,
+                          batch_size=args.batch_size)
+    out = Path(args.out) if args.out else Path(args.workdir) / "eval.json"
+    result = evaluate_workdir(
+        args.workdir, regimes=args.regimes, split=args.split, baselines=baselines, out=out, step=args.step,
+        store=args.store, baseline_workdirs=_pairs(args.baseline_workdirs), options=options,
+        save_predictions=regime_names(args.save_predictions), sensorium_submission=args.sensorium_submission,
+        log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(paper_markdown(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+# --- tables -----------------------------------------------------------------------------------------------------------
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def paper_markdown(result: dict) -> str:
+    """The paper's results table: one row per predictor, one column per paper column; on digital mice also each
+    predictor's fraction of the ground-truth ceiling."""
+    table, columns = result["table"], list(result["columns"])
+    rows = list(next(iter(table.values())))
+    text = [f"Single-trial correlation, split {result['split']!r}, step {result['step']} ({result['workdir']})", "",
+            _markdown_table(["", *columns], [[row, *(_cell(table[c][row]) for c in columns)] for row in rows])]
+    if "ceiling" in rows:
+        fractions = result["fraction_table"]
+        text += ["", "Fraction of the ground-truth ceiling", "",
+                 _markdown_table(["", *columns], [[row, *(_cell(fractions[c][row]) for c in columns)]
+                                                  for row in rows if row != "ceiling"])]
+    return "\n".join(text)
+
+
+def _primary(metrics: dict) -> str | None:
+    for key in ("response/correlation", "behavior/correlation"):
+        if key in metrics:
+            return key
+    return None
+
+
+def markdown(result: dict) -> str:
+    """eval.md: the paper-style table, then every regime's main metric for every predictor."""
+    rows = list(next(iter(result["table"].values())))
+    per_regime = []
+    for preset, entry in result["regimes"].items():
+        key = _primary(entry["model"])
+        sources = {"model": entry["model"], "ceiling": entry.get("ceiling", {}), **entry["baselines"]}
+        per_regime.append([preset, key or "–", *(_cell(sources.get(row, {}).get(key)) for row in rows)])
+    parts = ["# Evaluation", "", paper_markdown(result), "", "## Every regime", "",
+             _markdown_table(["regime", "metric", *rows], per_regime)]
+    if result["presets_skipped"]:
+        parts += ["", "Skipped (do not fit this model): " + ", ".join(result["presets_skipped"]) + "."]
+    evaluation = result["evaluation"]
+    parts += ["", f"{evaluation['batches']} of {evaluation['total_batches']} evaluation batches of "
+                  f"{evaluation['batch_size']} windows (stride {evaluation['window_stride']}); baselines fit on "
+                  f"{evaluation['train_batches']} training batches. Store: {result['store']}.", ""]
+    return "\n".join(parts)

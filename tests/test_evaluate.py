@@ -1,0 +1,257 @@
+"""`omnimouse evaluate`: one evaluation of a briefly trained `test` model on digital mice, checked against numpy
+recomputations from its saved predictions and the store; the parquet layout; the one-line errors."""
+import json
+
+import numpy as np
+import pytest
+
+from omnimouse_jax.data import pipeline
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.store import open_store
+from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
+from omnimouse_jax.errors import UserError
+from omnimouse_jax.evaluate import regimes as R
+from omnimouse_jax.model import masking
+
+CONFIG = "experiments/configs/omnimouse.py:size=test"
+T, MAX_NEURONS, TRIAL = 60, 32, 90
+SAVED = ("causal_response_25", "all_response_only", "video_behavior")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate_store")
+    # The store and training settings of tests/test_train.py: the compiled training step and model creation are
+    # shared through the test session's compilation cache.
+    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
+                                               test_trials=2, trial_length=TRIAL, seed=5), layout="store")
+    return root
+
+
+@pytest.fixture(scope="module")
+def workdir(store, tmp_path_factory):
+    from omnimouse_jax.config import load_config
+    from omnimouse_jax.train.trainer import train
+
+    workdir = tmp_path_factory.mktemp("evaluate_run")
+    overrides = {"data.root": str(store), "train.steps": "6", "checkpoint.every_steps": "3",
+                 "train.log_every_steps": "1", "train.eval_every_steps": "0", "train.tensorboard": "False",
+                 "checkpoint.use_async": "False", "data.num_threads": "1"}
+    train(load_config(CONFIG, list(overrides.items())), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def result(workdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate_out")
+    # The CNN baseline is left out here (its compiles cost more than the rest); tests/test_baselines.py trains it.
+    options = R.EvalOptions(train_batches=6, num_threads=1)
+    return R.evaluate_workdir(workdir, out=out / "eval.json", baselines=("mean", "persistence", "ridge"),
+                              baseline_workdirs={"twin": str(workdir)}, options=options, save_predictions=SAVED,
+                              sensorium_submission=out / "submission.parquet"), out
+
+
+def test_json_has_the_contract_keys_and_every_valid_preset(result):
+    res, out = result
+    assert json.loads((out / "eval.json").read_text()) == res
+    assert {"workdir", "step", "split", "store", "regimes", "table", "columns"} <= set(res)
+    assert res["step"] == 6 and res["split"] == "test"
+    valid = masking.presets_for(MAX_NEURONS, T)
+    assert list(res["regimes"]) == res["presets"] == valid
+    # The test model's 32-neuron budget rules out the 64- and 1024-neuron population presets, and says so.
+    assert sorted(res["presets_skipped"]) == sorted(set(masking.EVAL_PRESETS) - set(valid))
+    assert "population_64_response" in res["presets_skipped"] and "max_neurons=32" in res["preset_selection"]
+    for preset, entry in res["regimes"].items():
+        assert {"model", "baselines", "ceiling", "fraction_of_ceiling"} <= set(entry)
+        assert {"mean", "persistence", "twin"} <= set(entry["baselines"])
+        assert ("ridge" in entry["baselines"]) == (not preset.startswith("video_"))
+    assert res["columns"] == {c: list(v) for c, v in R.PAPER_COLUMNS.items()}
+    assert res["columns"]["Neural prediction"] == ["video_behavior", "response/correlation"]
+    assert list(res["table"]["Forecast"]) == ["model", "twin", "mean", "persistence", "ridge", "ceiling"]
+    assert res["table"]["Population"]["model"] is None
+    md = (out / "eval.md").read_text()
+    assert "| model |" in md and "Neural prediction" in md and "population_64_response" in md
+
+
+def test_table_gaze_and_fractions_follow_the_regime_metrics(result):
+    res, _ = result
+    for column, (preset, key) in R.PAPER_COLUMNS.items():
+        entry = res["regimes"].get(preset)
+        if entry is not None:
+            assert res["table"][column]["model"] == entry["model"].get(key)
+            assert res["table"][column]["mean"] == entry["baselines"]["mean"].get(key)
+    behavior = res["regimes"]["all_response_only"]["model"]
+    assert behavior[R.GAZE_KEY] == pytest.approx(
+        (behavior["behavior/pupil_x/correlation"] + behavior["behavior/pupil_y/correlation"]) / 2, abs=1e-12)
+    entry = res["regimes"]["video_behavior"]
+    corr = "response/correlation"
+    assert entry["fraction_of_ceiling"][corr] == pytest.approx(entry["model"][corr] / entry["ceiling"][corr])
+    assert res["fraction_table"]["Neural prediction"]["model"] == pytest.approx(entry["fraction_of_ceiling"][corr])
+    # The twin is the same checkpoint loaded again: its scores are the model's.
+    for preset, entry in res["regimes"].items():
+        for key, value in entry["model"].items():
+            assert entry["baselines"]["twin"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (preset, key)
+
+
+def test_ceiling_beats_the_mean_baseline(result):
+    res, _ = result
+    scored = [p for p, e in res["regimes"].items() if "response/correlation" in e["ceiling"]]
+    assert len(scored) == len(res["regimes"]) - 2  # all but the two behavior-decoding regimes
+    for preset in scored:
+        truth, mean = res["regimes"][preset]["ceiling"], res["regimes"][preset]["baselines"]["mean"]
+        assert mean["response/correlation"] == 0.0  # a constant per neuron correlates with nothing
+        assert truth["response/correlation"] > 0.2
+        assert truth["response/poisson_nll"] < mean["response/poisson_nll"]
+
+
+def _pearson_by_group(groups, x, y):
+    """Per group, Pearson's r (0 for a constant x; None for a constant y), as np.corrcoef computes it."""
+    out = {}
+    for g in np.unique(groups):
+        xs, ys = x[groups == g].astype(np.float64), y[groups == g].astype(np.float64)
+        if len(ys) < 2 or np.ptp(ys) == 0:
+            out[int(g)] = None
+        else:
+            out[int(g)] = 0.0 if np.ptp(xs) == 0 else np.corrcoef(xs, ys)[0, 1]
+    return out
+
+
+def test_metrics_recomputed_from_saved_predictions(result, store):
+    res, out = result
+    saved = np.load(out / "predictions" / "causal_response_25.npz")
+    model = res["regimes"]["causal_response_25"]["model"]
+    # Windows step by 30: every sample after the first 30 of each test trial is scored exactly once, per neuron.
+    keys = np.stack([saved["response_row"], saved["response_trial"], saved["response_position"]], axis=1)
+    assert len(np.unique(keys, axis=0)) == len(keys) == model["response/n_elements"]
+    layout = SessionLayout.from_store(open_store(store))
+    assert len(keys) == sum(layout.n_neurons) * 2 * (TRIAL - 30)
+    assert saved["response_position"].min() == 30 and saved["response_position"].max() == TRIAL - 1
+    corr = [c for c in _pearson_by_group(saved["response_row"], saved["rate"], saved["response"]).values()
+            if c is not None]
+    assert np.mean(corr) == pytest.approx(model["response/correlation"], abs=1e-6)
+    late = saved["response_position"] >= 50
+    corr = [c for c in _pearson_by_group(saved["response_row"][late], saved["rate"][late],
+                                         saved["response"][late]).values() if c is not None]
+    assert np.mean(corr) == pytest.approx(model["sensorium/correlation"], abs=1e-6)
+    rates = np.maximum(saved["rate"].astype(np.float64), 1e-8)
+    nll = -np.mean(saved["response"] * np.log(rates) - saved["rate"])
+    assert nll == pytest.approx(model["response/poisson_nll"], abs=1e-6)
+
+    saved = np.load(out / "predictions" / "all_response_only.npz")
+    model = res["regimes"]["all_response_only"]["model"]
+    for c, name in enumerate(saved["behavior_channels"]):
+        pick = saved["behavior_channel"] == c
+        per_session = _pearson_by_group(saved["behavior_session"][pick], saved["behavior_predicted"][pick],
+                                        saved["behavior_actual"][pick])
+        defined = [v for v in per_session.values() if v is not None]
+        assert np.mean(defined) == pytest.approx(model[f"behavior/{name}/correlation"], abs=1e-6)
+
+
+def _floored_std(session):
+    """Each neuron's train-tier std, floored at RESPONSE_STD_FLOOR times the session's mean std: what the pipeline
+    divides responses by."""
+    std = session.stats["responses"]["std"].astype(np.float64)
+    return np.maximum(std, pipeline.RESPONSE_STD_FLOOR * std.mean())
+
+
+def test_sensorium_submission_layout_and_values(result, store):
+    import pyarrow.parquet as pq
+
+    res, out = result
+    table = pq.read_table(out / "submission.parquet")
+    assert table.column_names == ["mouse", "trial_indices", "prediction", "neuron_ids"]
+    data = table.to_pylist()
+    assert res["sensorium_submission"]["trials"] == len(data) == 4  # 2 mice x 2 test trials
+    s = open_store(store)
+    layout = SessionLayout.from_store(s)
+    saved = np.load(out / "predictions" / "video_behavior.npz")
+    for row in data:
+        session = s.session(row["mouse"])
+        trials = session.trials
+        assert trials["tier"][trials["source_index"] == row["trial_indices"]][0] == "final_test_main"
+        prediction = np.asarray(row["prediction"])
+        assert prediction.shape == (session.n_neurons, TRIAL - 50)  # neurons x frames after the first 50
+        assert row["neuron_ids"] == session.neurons["unit_ids"].tolist()
+        # The same predictions, saved in the batch's units, times each neuron's train-tier std (floored as the
+        # pipeline floors it), in the source's units.
+        k = layout.session_index(row["mouse"])
+        pick = ((saved["response_trial"] == row["trial_indices"]) & (saved["response_position"] >= 50)
+                & (saved["response_row"] >= layout.row_offsets[k])
+                & (saved["response_row"] < layout.row_offsets[k] + session.n_neurons))
+        local = saved["response_row"][pick] - layout.row_offsets[k]
+        expected = saved["rate"][pick] * _floored_std(session)[local]
+        assert pick.sum() == prediction.size
+        np.testing.assert_allclose(prediction[local, saved["response_position"][pick] - 50], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--regimes", "nope"], r"--regimes: \['nope'\] not a regime; expected 'all', 'paper' or names from video_beh"),
+    (["--regimes", "population_64_response"], r"do not fit this model .*max_neurons=32"),
+    (["--split", "test_bonus"], r"--split 'test_bonus': no trials .*splits with trials: .*test"),
+    (["--baselines", "svm"], r"--baselines: \['svm'\] unknown; expected names from mean, persistence, ridge, cnn"),
+])
+def test_bad_regime_and_split_are_one_line_errors(workdir, argv, message, capsys):
+    import re
+
+    from omnimouse_jax.cli import main
+
+    assert main(["evaluate", "--workdir", str(workdir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(message, err), err
+
+
+def test_workdir_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    from omnimouse_jax.cli import main
+
+    assert main(["evaluate", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no checkpoints/ directory; train first" in err
+
+
+def test_where_baselines_apply():
+    assert R.Baselines.applicable("cnn", "video_behavior") and R.Baselines.applicable("cnn", "causal_response_25_video")
+    assert not R.Baselines.applicable("cnn", "causal_response_25")  # no video to read
+    assert not R.Baselines.applicable("cnn", "all_response_video")  # no response targets
+    assert R.Baselines.applicable("ridge", "population_64_response")
+    assert R.Baselines.applicable("ridge", "all_response_only")
+    assert not R.Baselines.applicable("ridge", "video_only")  # no visible responses
+    assert all(R.Baselines.applicable("mean", p) for p in masking.EVAL_PRESETS)
+
+
+def test_select_regimes_paper_set_for_the_tiny_budget():
+    presets, skipped = R.select_regimes("paper", max_neurons=256, num_samples=T)
+    assert presets == ["causal_response_25", "causal_response_25_video", "population_64_response",
+                       "population_64_response_video", "all_response_only", "video_behavior"]
+    assert skipped == {}
+    assert R.eval_stride(presets, T) == 30
+    presets, skipped = R.select_regimes("paper", max_neurons=MAX_NEURONS, num_samples=T)
+    assert sorted(skipped) == ["population_64_response", "population_64_response_video"]
+    assert "population_64_response" not in presets and "video_behavior" in presets
+
+
+def test_eval_windows_carry_true_rates_scaled_like_responses(store):
+    s = open_store(store)
+    layout = SessionLayout.from_store(s)
+    windows = pipeline.EvalWindows(s, layout, block=T, max_neurons=MAX_NEURONS, global_batch=4, seed=0,
+                                   tier="test", stride=30, extra_fields=("true_rates",))
+    batch = windows(len(windows) - 1)
+    for i in np.flatnonzero(batch["example_mask"]):
+        k = int(batch["session_index"][i])
+        session = s.session(layout.names[k])
+        n = int(batch["neuron_mask"][i].sum())
+        local = batch["neuron_index"][i, :n] - layout.row_offsets[k]
+        offset = int(batch["trial_offset"][i])
+        trial = session.trial(int(batch["trial_index"][i]))
+        std = _floored_std(session)[local]
+        np.testing.assert_allclose(batch["true_rates"][i, :, :n] * std,
+                                   trial["true_rates"][offset:offset + T][:, local], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batch["responses"][i, :, :n] * std,
+                                   trial["responses"][offset:offset + T][:, local], rtol=1e-5, atol=1e-6)
+        assert not batch["true_rates"][i, :, n:].any()
+    subset = list(pipeline.eval_dataset(windows, num_threads=1, batches=[2, 0]))
+    for got, index in zip(subset, [2, 0], strict=True):
+        np.testing.assert_array_equal(got["window_start"], windows(index)["window_start"])
+        np.testing.assert_array_equal(got["true_rates"], windows(index)["true_rates"])
+    with pytest.raises(UserError, match="no per-neuron extra field 'nope'"):
+        pipeline.EvalWindows(s, layout, block=T, max_neurons=MAX_NEURONS, global_batch=4, seed=0, tier="test",
+                             extra_fields=("nope",))
