@@ -75,7 +75,14 @@ def run(args) -> int:
 
     _stage(4, f"writing {out / 'report.md'}", start)
     main_run = _largest_run(rows)
-    evaluation = json.loads((Path(main_run["workdir"]) / "eval.json").read_text()) if main_run else None
+    evaluation = None
+    if main_run:  # the regimes table: the largest run against every baseline, fitted once here
+        from omnimouse_jax.evaluate.regimes import EvalOptions, evaluate_workdir
+
+        evaluation = evaluate_workdir(main_run["workdir"], regimes="paper", split="test",
+                                      out=out / "main_run_eval.json",
+                                      options=EvalOptions(max_batches=8, train_batches=20, cnn_steps=60),
+                                      log=lambda m: print("      " + m, flush=True))
     verdicts = _verdicts(made["fits"])
     timings["total_s"] = time.monotonic() - start
     results = {"store": str(out / "store"), "sessions": names, "runs": rows, "failed_runs": failed,

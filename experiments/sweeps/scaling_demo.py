@@ -36,7 +36,8 @@ def get_sweep(arg: str = "") -> dict:
     return {
         "name": "scaling_demo",
         "evaluate": True,
-        "evaluate_args": ["--max-batches", "8"],  # CPU-sized evaluation
+        # CPU-sized evaluation of the paper's regimes; baselines are fitted once, for the largest run, by the demo.
+        "evaluate_args": ["--regimes", "paper", "--max-batches", "4", "--baselines", "none"],
         "overrides": {"data.root": "data/store", "train.steps": steps, "train.eval_every_steps": steps,
                       "checkpoint.every_steps": max(steps // 2, 1), "train.log_every_steps": max(steps // 10, 1),
                       "optim.warmup_steps": max(steps // 10, 1)},

@@ -113,12 +113,18 @@ def keys_to_data(tree):
 
 
 def data_to_keys(restored, like):
-    """Undoes `keys_to_data` where `like` holds a typed key."""
-    return jax.tree.map(lambda r, x: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if _is_key(x) else r,
-                        restored, like)
+    """Undoes `keys_to_data` where `like` (arrays or ShapeDtypeStructs) holds a typed key."""
+    def impl(x):  # a ShapeDtypeStruct has no key_impl(); its key dtype carries the implementation (jax pinned)
+        return jax.random.key_impl(x) if isinstance(x, jax.Array) else x.dtype._impl
+
+    return jax.tree.map(lambda r, x: jax.random.wrap_key_data(r, impl=impl(x)) if _is_key(x) else r, restored, like)
 
 
 def abstract_like(state):
-    """ShapeDtypeStructs (keeping shardings) of a pytree of arrays: the target orbax restores into."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                        keys_to_data(state))
+    """ShapeDtypeStructs (keeping shardings) of a pytree of arrays or ShapeDtypeStructs: the target orbax restores
+    into, with typed keys as their raw data (see keys_to_data)."""
+    def one(x):
+        shape = jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x
+        return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=getattr(x, "sharding", None))
+
+    return jax.tree.map(one, state)

@@ -38,10 +38,10 @@ class TrainedModel:
 
 def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> TrainedModel:
     """The model of `workdir` at `step` (default: newest readable checkpoint). UserError if there is none."""
-    from omnimouse_jax.model.omnimouse import OmniMouse
     from omnimouse_jax.train import sharding
     from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
     from omnimouse_jax.train.optim import make_optimizer
+    from omnimouse_jax.train.session import abstract_state
 
     workdir = Path(workdir)
     directory = workdir / "checkpoints"
@@ -59,17 +59,11 @@ def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> Train
         layout = SessionLayout.from_dict(meta["layout"])
         mesh = sharding.make_mesh(mesh_config or ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
         tx, _ = make_optimizer(config.optim, int(config.train.steps))
-
-        with sharding.use_rules(mesh):
-            @nnx.jit
-            def create():
-                model = OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
-                return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-            model, optimizer = create()
-        graphdef, state = nnx.split((model, optimizer))
-        target = nnx.to_pure_dict(state)
+        # Shapes and shardings only (no compile, no allocation); orbax reads the weights straight into place.
+        graphdef, abstract = abstract_state(config, tx, mesh)
+        target = nnx.to_pure_dict(abstract)
         restored_step, restored, meta, _ = checkpointer.restore(abstract_like(target), step=step)
+        state = jax.tree.map(lambda x: x, abstract)
         nnx.replace_by_pure_dict(state, data_to_keys(restored, target))
         model, _ = nnx.merge(graphdef, state)
     finally:
