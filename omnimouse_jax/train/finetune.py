@@ -1,0 +1,430 @@
+"""`omnimouse finetune`: adapt a pretrained model to new sessions (new mice) in two stages.
+
+    omnimouse finetune --from W --data STORE --sessions NAME[,NAME...] --workdir W2
+        [--config experiments/configs/finetune.py] [--config.stage1.steps=500 --config.stage2.steps=0 ...]
+
+The model of W (its newest checkpoint) gets rows for the new sessions appended to its per-session tables (neuron
+embeddings and biases, session embeddings, and animal embeddings for new animals); every pretrained value is kept.
+Training then samples the new sessions only, at their rows of the extended layout.
+
+  stage 1  only the new rows train; the core, the shared projection of the tables and the pretrained sessions' rows
+           are frozen (bit-identical), at stage1.lr_scale x the pretraining recipe's rates.
+  stage 2  (stage2.steps > 0) the core trains too, at stage2.lr_scale x the pretraining rates (0.1 by default);
+           the pretrained sessions' rows stay frozen, since no fine-tuning data reaches them.
+
+One optimizer runs both stages: the stage is a function of its update count (stage 1 is steps [0, S1), stage 2 is
+[S1, S1 + S2), config.train.steps = S1 + S2), and freezing is a learning rate of exactly 0. So a fine-tune is one
+ordinary training run: one compiled step, checkpoints in W2/checkpoints with the pretraining recipe's optimizer
+state (W2 is a normal workdir for `omnimouse evaluate` and `load_trained`), and a rerun resumes from W2's newest
+checkpoint wherever it falls, stage boundary included.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import signal
+from pathlib import Path
+
+import numpy as np
+
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.errors import UserError
+
+ACCEPTS_CONFIG_OVERRIDES = True
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "finetune.py"
+TABLES = ("neuron_table", "neuron_bias", "session_table", "animal_table")  # per-session tables, rows first
+SECTIONS = ("train", "checkpoint", "data")  # finetune-config sections laid over the pretrained run's config
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--from", dest="source", required=True, help="pretrained workdir (its newest checkpoint)")
+    parser.add_argument("--data", required=True, help="session store holding the new sessions")
+    parser.add_argument("--sessions", required=True, help="comma-separated names of the new sessions in --data")
+    parser.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it has a checkpoint)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="finetune config file[:arg] with the stage settings (default: %(default)s)")
+
+
+def run(args) -> int:
+    from omnimouse_jax.config import load_config
+
+    settings = load_config(args.config, getattr(args, "config_overrides", []))
+    names = [n.strip() for n in args.sessions.split(",") if n.strip()]
+    finetune(args.source, args.data, names, args.workdir, settings)
+    return 0
+
+
+# --- layouts --------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SubLayout:
+    """Some sessions of a layout as a layout of their own (`sub`, what the pipeline reads), and the map from its
+    batches' indices to the rows of the full layout (what the model reads)."""
+
+    full: SessionLayout
+    sub: SessionLayout
+
+    @classmethod
+    def of(cls, full: SessionLayout, names) -> "SubLayout":
+        missing = [n for n in names if n not in full.names]
+        if missing:
+            raise UserError(f"sessions {missing}: not in the model's layout {list(full.names)}")
+        k = [full.session_index(n) for n in names]
+        return cls(full, SessionLayout(tuple(names), tuple(full.animals[i] for i in k),
+                                       tuple(full.n_neurons[i] for i in k)))
+
+    def apply(self, batch: dict) -> dict:
+        """The batch with neuron, session and animal indices of the full layout (padding neurons keep row 0)."""
+        full, sub = self.full, self.sub
+        session_map = np.array([full.session_index(n) for n in sub.names], np.int32)
+        row_shift = np.array([full.row_offsets[full.session_index(n)] - sub.row_offsets[k]
+                              for k, n in enumerate(sub.names)], np.int32)
+        animal_map = np.array([full.animal_names.index(a) for a in sub.animal_names], np.int32)
+        k_B = batch["session_index"]
+        return {**batch,
+                "neuron_index": np.where(batch["neuron_mask"], batch["neuron_index"] + row_shift[k_B][:, None],
+                                         0).astype(np.int32),
+                "session_index": session_map[k_B], "animal_index": animal_map[batch["animal_index"]]}
+
+
+class MappedWindows:
+    """Training or evaluation windows over `view.sub` whose batches index the rows of `view.full`."""
+
+    def __init__(self, windows, view: SubLayout):
+        self.windows, self.view = windows, view
+
+    @property
+    def num_windows(self) -> int:
+        return self.windows.num_windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __call__(self, batch_index: int) -> dict:
+        return self.view.apply(self.windows(batch_index))
+
+
+# --- the optimizer ----------------------------------------------------------------------------------------------
+
+def first_trainable_row(path: tuple, first_new_row: dict[str, int]) -> int | None:
+    """For a per-session table at `path`: the first row fine-tuning may change, `first_new_row[table]` (the table's
+    pretrained row count). None for every other parameter (the core, and the tables' shared projection)."""
+    if len(path) > 1 and str(path[0]) == "identity" and str(path[1]) in TABLES:
+        return first_new_row[str(path[1])]
+    return None
+
+
+def stage_schedules(optim_cfg, stages, accumulate: int = 1) -> dict:
+    """{group: learning rate as a function of the optimizer's update count} over both stages: stage 1 (the first
+    stage1.steps / accumulate updates) gives the core rate 0 and the tables stage1.lr_scale x config.optim.session_lr;
+    stage 2 gives both groups stage2.lr_scale x their pretraining rates. Each stage has its own warmup (in updates)
+    and the pretraining schedule's shape (optim.schedule) over its own length."""
+    import jax.numpy as jnp
+
+    from omnimouse_jax.train.optim import schedule
+
+    first, second = stages.stage1, stages.stage2
+    boundary = int(first.steps) // accumulate
+
+    def of(stage, peak):
+        cfg = copy.deepcopy(optim_cfg)
+        with cfg.ignore_type():
+            cfg.warmup_steps = int(stage.warmup_steps)
+        return schedule(peak * stage.lr_scale, cfg, max(int(stage.steps) // accumulate, 1))
+
+    core2, session1, session2 = of(second, optim_cfg.lr), of(first, optim_cfg.session_lr), of(second,
+                                                                                             optim_cfg.session_lr)
+    return {"core": lambda count: jnp.where(count < boundary, 0.0, core2(count - boundary)),
+            "session": lambda count: jnp.where(count < boundary, session1(count), session2(count - boundary))}
+
+
+def finetune_optimizer(optim_cfg, stages, first_new_row: dict[str, int]):
+    """(transformation, {group: schedule}) of a two-stage fine-tune: the pretraining recipe (config.optim: AdamW
+    with per-session groups, clipping, accumulation) at a unit rate, its updates multiplied by a `stage_schedules`
+    rate at the current update count (the tables' rows: "session"; every other parameter, the shared projection of
+    the tables included: "core"), and zero for the pretrained rows of the tables.
+
+    Freezing is a rate of exactly 0: the updates of frozen values are exact zeros, so they stay bit-identical, and
+    the optimizer state keeps the pretraining recipe's structure, so a fine-tuned workdir's checkpoints restore into
+    it (load_trained, omnimouse evaluate). The core's moments see its gradients during stage 1, so stage 2 starts
+    with them estimated. The schedules are returned as functions of the training step (for the logs)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from omnimouse_jax.train.optim import make_optimizer
+
+    accumulate = int(optim_cfg.get("grad_accum_steps", 1))
+    if int(stages.stage1.steps) % accumulate:
+        raise UserError(f"finetune config stage1.steps={stages.stage1.steps}: expected a multiple of the pretrained "
+                        f"run's config.optim.grad_accum_steps ({accumulate})")
+    unit = copy.deepcopy(optim_cfg)
+    with unit.ignore_type():
+        unit.update(lr=1.0, session_lr=1.0, warmup_steps=0, schedule="constant")
+    inner, _ = make_optimizer(unit, 1)  # AdamW directions including weight decay, at a rate of exactly 1
+    rates = stage_schedules(optim_cfg, stages, accumulate)
+
+    def update(updates, state, params=None):
+        count = optax.tree.get_all_with_path(state, "count")[0][1]  # updates done so far
+        updates, state = inner.update(updates, state, params)
+
+        def scale(path, u):
+            first = first_trainable_row(tuple(getattr(k, "key", getattr(k, "name", k)) for k in path), first_new_row)
+            u = u * rates["core" if first is None else "session"](count).astype(u.dtype)
+            if not first:
+                return u
+            rows = jax.lax.broadcasted_iota(jnp.int32, u.shape, 0)
+            return jnp.where(rows >= first, u, jnp.zeros_like(u))
+
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    by_step = {group: (lambda step, f=f: float(f(step // accumulate))) for group, f in rates.items()}
+    return optax.GradientTransformation(inner.init, update), by_step
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+
+def _pretrained_meta(source: Path) -> dict:
+    """The newest checkpoint's record (config, layout) of a pretrained workdir, without touching the workdir."""
+    from omnimouse_jax.train.checkpoint import Checkpointer
+
+    directory = source / "checkpoints"
+    if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+        raise UserError(f"--from {source}: no checkpoint in {directory}; expected a trained workdir "
+                        f"(omnimouse train --workdir {source} ...)")
+    checkpointer = Checkpointer(directory, use_async=False)
+    try:
+        return checkpointer.read_meta(checkpointer.latest_step())
+    finally:
+        checkpointer.close()
+
+
+def run_config(pretrained_config: dict, settings, store_root, names, source):
+    """The fine-tuning run's config: the pretrained run's, with the new sessions as its data, the finetune config's
+    non-None `train`/`checkpoint`/`data` values laid over it, train.steps = stage1.steps + stage2.steps, and the
+    stage settings under config.finetune."""
+    import ml_collections
+
+    from omnimouse_jax.train.restore import config_from_json
+
+    config = config_from_json(pretrained_config)
+    for section in SECTIONS:
+        for key, value in settings.get(section, {}).items():
+            if key not in config[section]:
+                raise UserError(f"finetune config: {section}.{key} is not a key of the pretrained run's "
+                                f"config.{section} ({sorted(config[section].keys())})")
+            if value is not None:
+                with config[section].ignore_type():
+                    config[section][key] = value
+    for stage in ("stage1", "stage2"):
+        steps, warmup, scale = (settings[stage][k] for k in ("steps", "warmup_steps", "lr_scale"))
+        if steps < 0 or warmup < 0 or scale <= 0:
+            raise UserError(f"finetune config {stage}: expected steps >= 0, warmup_steps >= 0 and lr_scale > 0, got "
+                            f"{steps}, {warmup}, {scale}")
+    total = int(settings.stage1.steps) + int(settings.stage2.steps)
+    if total == 0:
+        raise UserError("finetune config: stage1.steps + stage2.steps = 0; expected at least one step")
+    with config.ignore_type():
+        config.seed = int(settings.seed)
+        config.data.root, config.data.sessions = str(store_root), tuple(names)
+        config.train.steps = total
+        config.finetune = ml_collections.ConfigDict({
+            "source": str(source), "stage1": settings.stage1.to_dict(), "stage2": settings.stage2.to_dict()})
+    return config
+
+
+def finetune(source, store_root, sessions, workdir, settings=None) -> dict:
+    """Fine-tunes the model of workdir `source` to `sessions` of the store at `store_root` in `workdir`, resuming
+    from workdir's checkpoint if it has one. `settings`: a finetune config (default: experiments/configs/finetune.py).
+    Returns the last logged training metrics. UserError for a `source` without a checkpoint, a session already in its
+    model or absent from the store, a frame shape other than the model's, or a `workdir` holding another run."""
+    from omnimouse_jax.config import load_config_file
+    from omnimouse_jax.data.store import open_store
+
+    source, workdir = Path(source), Path(workdir)
+    settings = settings if settings is not None else load_config_file(str(DEFAULT_CONFIG))
+    names = list(sessions)
+    if not names:
+        raise UserError("--sessions: empty; expected the names of the new sessions")
+    meta = _pretrained_meta(source)
+    pretrained = SessionLayout.from_dict(meta["layout"])
+    clash = [n for n in names if n in pretrained.names]
+    if clash:
+        raise UserError(f"--sessions: {clash} already in the model of {source} "
+                        f"(its sessions: {list(pretrained.names)})")
+    store = open_store(store_root)
+    missing = [n for n in names if n not in store.sessions]
+    if missing:
+        raise UserError(f"--sessions: {missing} not in store {store_root}; it has {store.sessions}")
+    frame = tuple(meta["config"]["model"]["frame_shape"])
+    odd = [n for n in names if tuple(store.session(n).frame_shape) != frame]
+    if odd:
+        raise UserError(f"--sessions: {odd} in {store_root} have frames of another shape than the model's {frame}")
+    layout = pretrained.extend(SessionLayout.from_store(store, names))
+    config = run_config(meta["config"], settings, store_root, names, source)
+    _check_workdir(workdir, layout)
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    session = finetune_session_class()(config, workdir, source=source, pretrained=pretrained, layout=layout)
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return session.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        session.close()
+
+
+def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
+    """UserError if workdir's newest checkpoint holds a layout other than `layout` (another run's workdir)."""
+    from omnimouse_jax.train.checkpoint import Checkpointer
+
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return
+    checkpointer = Checkpointer(directory, use_async=False)
+    try:
+        step = checkpointer.latest_step()
+        saved = None if step is None else SessionLayout.from_dict(checkpointer.read_meta(step)["layout"])
+    finally:
+        checkpointer.close()
+    if saved is not None and saved != layout:
+        raise UserError(f"--workdir {workdir}: holds a run with sessions {list(saved.names)}, not the fine-tune of "
+                        f"{list(layout.names)} asked for; use a new workdir")
+
+
+@dataclasses.dataclass
+class _Stop:
+    """Set by SIGTERM/SIGINT: finish the current step, save, return."""
+
+    requested: bool = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+
+@functools.cache
+def finetune_session_class():
+    """The TrainingSession subclass of a fine-tune, defined on first use so that importing this module (for --help)
+    does not import jax. Constructor: (config, workdir, *, source, pretrained, layout): the pretrained workdir, its
+    layout, and that layout extended by config.data.sessions."""
+    import jax
+    from flax import nnx
+
+    from omnimouse_jax.data import pipeline
+    from omnimouse_jax.data.store import open_store
+    from omnimouse_jax.model.omnimouse import count_parameters
+    from omnimouse_jax.train import sharding
+    from omnimouse_jax.train.restore import load_trained
+    from omnimouse_jax.train.session import (TrainingSession, check_batch_divides_mesh, configure_model,
+                                             training_mix)
+
+    class FinetuneSession(TrainingSession):
+        """A TrainingSession over the extended layout that samples the new sessions only, starts from the pretrained
+        weights and trains with `finetune_optimizer`."""
+
+        def __init__(self, config, workdir, *, source, pretrained: SessionLayout, layout: SessionLayout):
+            self.source, self.pretrained_layout, self.full_layout = Path(source), pretrained, layout
+            self.view = SubLayout.of(layout, config.data.sessions)
+            super().__init__(config, Path(workdir))
+
+        def _build_data_and_model(self) -> None:
+            # As TrainingSession's, but with windows over the new sessions mapped to the extended layout, and the
+            # fine-tuning optimizer.
+            config = self.config
+            store = open_store(config.data.root)
+            self.layout = self.full_layout
+            configure_model(config, self.layout, store.session(self.view.sub.names[0]).frame_shape)
+            check_batch_divides_mesh(config, self.mesh)
+            self.windows = MappedWindows(pipeline.TrainWindows(
+                store, self.view.sub, block=config.model.num_samples, max_neurons=config.model.max_neurons,
+                global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
+                weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
+                process_count=self.process_count), self.view)
+            self.data_iter = iter(pipeline.train_dataset(self.windows, num_threads=config.data.get("num_threads", 4),
+                                                         prefetch=config.data.get("prefetch", 8)))
+            self.validation = self._validation_windows(store)
+            self.strategies, self.strategy_probs = training_mix(config)
+            old = self.pretrained_layout
+            self.tx, self.schedules = finetune_optimizer(config.optim, config.finetune, {
+                "neuron_table": old.num_neuron_rows, "neuron_bias": old.num_neuron_rows,
+                "session_table": old.num_sessions, "animal_table": old.num_animals})
+            with sharding.use_rules(self.mesh):
+                model, optimizer = self._init_model_and_optimizer()
+            self.param_counts = count_parameters(model)
+            self.graphdef, self.state = nnx.split((model, optimizer))
+            self.batch_sharding = sharding.batch_sharding(self.mesh)
+            self._compile()
+
+        def _validation_windows(self, store):
+            try:
+                windows = pipeline.EvalWindows(store, self.view.sub, block=self.config.model.num_samples,
+                                               max_neurons=self.config.model.max_neurons,
+                                               global_batch=self.config.train.batch_size, seed=self.config.seed,
+                                               tier="validation", process_index=self.process_index,
+                                               process_count=self.process_count)
+            except UserError:
+                return None  # no validation/oracle trials in the new sessions: no periodic validation loss
+            return MappedWindows(windows, self.view)
+
+        def _init_model_and_optimizer(self):
+            """The pretrained model with its tables grown by fresh rows for the new sessions (identity.grow), every
+            parameter placed by its logical axes, and a fresh optimizer. (On a resume the checkpoint then replaces
+            all of it.)"""
+            model = load_trained(self.source, mesh_config=self.config.mesh).model
+            cfg, tx = self.config.model, self.tx
+
+            @nnx.jit
+            def grow(model):
+                model.identity.grow(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, nnx.Rngs(self.config.seed))
+                state = nnx.state(model)
+                nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+                return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+            return grow(model)
+
+    return FinetuneSession
+
+
+# --- scoring new sessions --------------------------------------------------------------------------------------------
+
+def score_sessions(workdir, sessions=None, *, store=None, split: str = "test", preset: str = "video_behavior",
+                   batch_size: int | None = None) -> dict:
+    """MetricSuite results of the model of `workdir` on `sessions` only (default: the sessions it trained on,
+    config.data.sessions) of `split`, under masking `preset`, from the store it trained on (or `store`). The
+    neural-prediction score is result["response/correlation"]; on digital mice, result["ceiling"] holds the same
+    metrics of the true rates. Unlike `omnimouse evaluate`, the store needs only these sessions."""
+    from omnimouse_jax.data import pipeline
+    from omnimouse_jax.data.store import open_store
+    from omnimouse_jax.evaluate.metrics import MetricSuite
+    from omnimouse_jax.evaluate.regimes import CEILING_FIELD, ModelPredictor, eval_stride
+    from omnimouse_jax.train.restore import load_trained
+
+    trained = load_trained(workdir)
+    config = trained.config
+    if sessions is None:
+        chosen = config.data.get("sessions", "all")
+        sessions = trained.layout.names if chosen == "all" else tuple(chosen)
+    view = SubLayout.of(trained.layout, list(sessions))
+    store = open_store(store or config.data.root)
+    ceiling = all(CEILING_FIELD in store.session(n).extra_fields for n in view.sub.names)
+    T = int(config.model.num_samples)
+    windows = pipeline.EvalWindows(store, view.sub, block=T, max_neurons=int(config.model.max_neurons),
+                                   global_batch=batch_size or int(config.train.batch_size), seed=int(config.seed),
+                                   tier=split, stride=eval_stride([preset], T),
+                                   extra_fields=(CEILING_FIELD,) if ceiling else ())
+    predictor = ModelPredictor(trained, view.apply(windows(0)))
+    suites = {"model": MetricSuite(view.sub), **({"ceiling": MetricSuite(view.sub)} if ceiling else {})}
+    for b in range(len(windows)):
+        host = windows(b)
+        predictions, masks = predictor.fetch(predictor.dispatch(predictor.device_batch(view.apply(host)), preset))
+        suites["model"].update(predictions, host, masks)
+        if ceiling:
+            suites["ceiling"].update({"rates": host[CEILING_FIELD]}, host, masks)
+    result = suites["model"].result()
+    if ceiling:
+        result["ceiling"] = suites["ceiling"].result()
+    result.update(workdir=str(workdir), step=trained.step, sessions=list(view.sub.names), split=split, preset=preset)
+    return result
