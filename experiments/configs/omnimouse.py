@@ -104,7 +104,10 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.optim = ml_collections.ConfigDict(dict(
         lr=7e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, session_lr=3e-3, session_weight_decay=1e-3,
         warmup_steps=100 if cpu else 20_000, clip_norm=1.0, schedule="constant", final_lr_fraction=0.0,
-        grad_accum_steps=1))
+        grad_accum_steps=1,
+        # 0: a non-finite loss stops the run. K > 0: skip such steps (model and optimizer untouched, counted in
+        # metrics.jsonl as skipped_nonfinite) and stop at the K-th in a row.
+        skip_nonfinite=0))
     # Neuron counts of the training mix's population families (paper: 64, 256, 1024 of up to 4096 neurons).
     # mix: "paper" (the multi-task training mix) or comma-separated preset names (a specialized single-task model).
     config.masking = ml_collections.ConfigDict(dict(

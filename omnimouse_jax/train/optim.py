@@ -59,6 +59,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[op
         raise UserError(f"config.optim.grad_accum_steps={accumulate}: expected >= 1")
     if accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
+    skip = int(cfg.get("skip_nonfinite", 0))
+    if skip < 0:
+        raise UserError(f"config.optim.skip_nonfinite={skip}: expected 0 (stop on a non-finite loss) or the number of "
+                        "consecutive non-finite steps to skip")
+    if skip:  # outermost, so a non-finite micro-batch never reaches the accumulators or the Adam moments
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=skip)
     return tx, {"core": core_lr, "session": session_lr}
 
 

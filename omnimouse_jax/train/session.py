@@ -211,6 +211,7 @@ class TrainingSession:
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
         self.total_steps = int(config.train.steps)
+        self.nonfinite = {"run": 0, "total": 0}  # consecutive and total steps skipped for a non-finite loss
         if config.train.get("compile_cache", True) and not jax.config.jax_compilation_cache_dir:
             # A restarted (preempted) run reloads its compiled step instead of compiling it again.
             jax.config.update("jax_compilation_cache_dir", str(workdir / "compile_cache"))
@@ -353,10 +354,20 @@ class TrainingSession:
         """Fetches a dispatched step's metrics, stops on a non-finite loss, and logs every `log_every` steps."""
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(values["loss"]):
-            last = self.checkpointer.latest_step()
-            raise FloatingPointError(
-                f"non-finite loss ({values['loss']}) at step {step + 1}; stopping. The last good checkpoint is "
-                f"{'step ' + str(last) if last is not None else 'none'} in {self.checkpointer.directory}")
+            # config.optim.skip_nonfinite > 0: the optimizer (optax.apply_if_finite) left the model untouched; count it
+            # and go on, up to that many in a row. 0: stop.
+            self.nonfinite["run"] += 1
+            self.nonfinite["total"] += 1
+            limit = int(self.config.optim.get("skip_nonfinite", 0))
+            if limit == 0 or self.nonfinite["run"] >= limit:
+                last = self.checkpointer.latest_step()
+                raise FloatingPointError(
+                    f"non-finite loss ({values['loss']}) at step {step + 1}; stopping. The last good checkpoint is "
+                    f"{'step ' + str(last) if last is not None else 'none'} in {self.checkpointer.directory}")
+            self.logger.message(f"step {step + 1}: non-finite loss; update skipped "
+                                f"({self.nonfinite['total']} skipped so far)")
+            return None
+        self.nonfinite["run"] = 0
         window["steps"] += 1
         window["tokens"] += tokens
         for key, value in values.items():
@@ -370,7 +381,7 @@ class TrainingSession:
         record = {"step": step + 1, **means, "lr": float(self.schedules["core"](step)),
                   "session_lr": float(self.schedules["session"](step)), "tokens_per_s": window["tokens"] / elapsed,
                   "step_time_s": step_time, "device_hours": self._device_hours_now(),
-                  "memory_mb": perf.memory_in_use_mb()}
+                  "memory_mb": perf.memory_in_use_mb(), "skipped_nonfinite": self.nonfinite["total"]}
         if self.step_flops:
             record["mfu"] = self.step_flops / step_time / self.peak_flops
         window.update(tokens=0, time=now, steps=0, sums={})

@@ -79,3 +79,29 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, reference
     np.testing.assert_allclose([resumed[s] for s in range(5, STEPS + 1)], [reference[s] for s in range(5, STEPS + 1)],
                                rtol=1e-6)
     assert len(os.listdir(workdir / "checkpoints_unreadable")) == 1
+
+
+@pytest.mark.parametrize("skip", [0, 3])
+def test_a_non_finite_batch_is_skipped_and_counted_or_stops_the_run(store, tmp_path, monkeypatch, skip):
+    from omnimouse_jax.data import pipeline
+
+    real = pipeline.TrainWindows.__call__
+
+    def poisoned(self, batch_index):
+        batch = real(self, batch_index)
+        if batch_index == 2:  # the third step's batch carries a NaN response
+            batch["responses"][0, 0, 0] = np.nan
+        return batch
+
+    monkeypatch.setattr(pipeline.TrainWindows, "__call__", poisoned)
+    overrides = {**_overrides(store), "train.steps": 5, "checkpoint.every_steps": 5, "optim.skip_nonfinite": skip}
+    config = load_config(CONFIG, [(k, str(v)) for k, v in overrides.items()])
+    if skip == 0:
+        with pytest.raises(FloatingPointError, match="non-finite loss .* at step 3"):
+            train(config, tmp_path / "w")
+        return
+    train(config, tmp_path / "w")
+    records = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+    steps = [r for r in records if "loss" in r and "split" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 4, 5] and steps[-1]["skipped_nonfinite"] == 1
+    assert all(np.isfinite(r["loss"]) for r in steps)
