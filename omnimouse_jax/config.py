@@ -13,20 +13,26 @@ import ml_collections
 from omnimouse_jax.errors import UserError
 
 
+def load_python_file(path: Path):
+    """Executes a config or sweep file as a module; UserError naming it if it fails to load."""
+    spec = importlib.util.spec_from_file_location(f"_omnimouse_file_{abs(hash(path.resolve()))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"--config {path}: failed to load ({type(err).__name__}: {err})") from None
+    return module
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Runs `get_config(arg)` of the file in `spec` = 'path/to/file.py[:arg]'."""
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--config {path}: no such file; expected a Python config file with get_config(arg)")
-    module_spec = importlib.util.spec_from_file_location(f"_omnimouse_config_{abs(hash(file.resolve()))}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"--config {path}: failed to load ({type(err).__name__}: {err})") from None
+    module = load_python_file(file)
     if not hasattr(module, "get_config"):
         raise UserError(f"--config {path}: defines no get_config(arg)")
     config = module.get_config(arg) if arg else module.get_config()

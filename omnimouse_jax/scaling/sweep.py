@@ -130,20 +130,6 @@ def _text(value) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def _load_module(path: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_omnimouse_sweep_{abs(hash(path.resolve()))}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"--config {path}: failed to load ({type(err).__name__}: {err})") from None
-    return module
-
-
 def load_sweep(spec: str, workdir, overrides=(), evaluate: bool | None = None) -> Sweep:
     """Expands the sweep file `spec` = 'FILE[:ARG]' (its get_sweep(ARG)) into runs under `workdir`.
 
@@ -154,7 +140,9 @@ def load_sweep(spec: str, workdir, overrides=(), evaluate: bool | None = None) -
     path = Path(path_text)
     if not path.is_file():
         raise UserError(f"--config {path}: no such file; expected a Python sweep file with get_sweep(arg)")
-    module = _load_module(path)
+    from omnimouse_jax.config import load_python_file
+
+    module = load_python_file(path)
     if not hasattr(module, "get_sweep"):
         raise UserError(f"--config {path}: defines no get_sweep(arg)")
     doc = module.get_sweep(arg) if arg else module.get_sweep()
