@@ -201,6 +201,26 @@ class TrainWindows:
         weights = totals if weighting == "proportional" else np.ones_like(totals)
         self.session_probs = weights / weights.sum()
 
+    def mean_scaled_responses(self, max_trials: int = 16) -> dict[str, np.ndarray]:
+        """{session: (n_neurons,) mean response in the model's units}, estimated from up to `max_trials` of the
+        session's training trials: only those this run may train on, so a data-size sweep's small runs learn nothing
+        from data they exclude. Initializes the readout biases."""
+        rng = np.random.default_rng([self.seed, 0x6D65616E])
+        means = {}
+        for name, session, norm, windows in zip(self.reader.layout.names, self.reader.sessions,
+                                                self.reader.normalizers, self.windows):
+            t = session.trials
+            rows = windows.trial_rows[rng.permutation(len(windows.trial_rows))[:max_trials]]
+            futures = [session.read_async(int(t["start"][r]), int(t["stop"][r]), ("responses",)) for r in rows]
+            total = np.zeros(session.n_neurons, np.float64)
+            count = np.zeros(session.n_neurons, np.float64)
+            for future in futures:
+                y = future["responses"].result().astype(np.float64)
+                total += np.nansum(y, axis=0)
+                count += np.isfinite(y).sum(axis=0)
+            means[name] = (total / np.maximum(count, 1) * norm.response_scale).astype(np.float32)
+        return means
+
     @property
     def num_windows(self) -> int:
         """Distinct window starts available (the unique data, in windows)."""

@@ -44,6 +44,21 @@ class NeuronIdentity(nnx.Module):
     def bias(self, neuron_index_BxN) -> jax.Array:
         return take_rows(self.neuron_bias[...], neuron_index_BxN, "neuron_rows")
 
+    def set_mean_rates(self, rates_R: np.ndarray, beta: float, start_row: int = 0) -> None:
+        """Sets the bias of rows [start_row, start_row + R) so that a zero readout predicts `rates_R` through the
+        Softplus(beta) head. With zero biases a fresh model predicts softplus(0) / beta (6.9 at beta 0.1) for every
+        neuron; starting each neuron at its mean rate spares the first thousands of steps of walking the biases there.
+        """
+        rates = np.maximum(np.asarray(rates_R, np.float64), 1e-3)  # silent neurons: a small positive rate
+        # Inverse of softplus(beta x) / beta, written to stay finite for large rates.
+        bias = (beta * rates + np.log(-np.expm1(-beta * rates))) / beta
+        old = self.neuron_bias[...]
+        stop = start_row + len(bias)
+        if stop > old.shape[0]:
+            raise ValueError(f"set_mean_rates: rows [{start_row}, {stop}) outside the table's {old.shape[0]} rows")
+        new = old.at[start_row:stop].set(jnp.asarray(bias, old.dtype))
+        self.neuron_bias.set_value(jax.device_put(new, old.sharding))
+
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""
         for name, size in (("neuron_table", num_neuron_rows), ("neuron_bias", num_neuron_rows),

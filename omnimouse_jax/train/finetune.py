@@ -101,6 +101,9 @@ class MappedWindows:
     def __len__(self) -> int:
         return len(self.windows)
 
+    def mean_scaled_responses(self) -> dict:
+        return self.windows.mean_scaled_responses()
+
     def __call__(self, batch_index: int) -> dict:
         return self.view.apply(self.windows(batch_index))
 
@@ -353,6 +356,7 @@ def finetune_session_class():
                 "session_table": old.num_sessions, "animal_table": old.num_animals})
             with sharding.use_rules(self.mesh):
                 model, optimizer = self._init_model_and_optimizer()
+            self._init_readout_biases(model)
             self.param_counts = count_parameters(model)
             self.graphdef, self.state = nnx.split((model, optimizer))
             self.batch_sharding = sharding.batch_sharding(self.mesh)

@@ -252,10 +252,19 @@ class TrainingSession:
         self.tx, self.schedules = make_optimizer(config.optim, self.total_steps)
         with sharding.use_rules(self.mesh):
             model, optimizer = self._init_model_and_optimizer()
+        self._init_readout_biases(model)
         self.param_counts = count_parameters(model)
         self.graphdef, self.state = nnx.split((model, optimizer))
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self._compile()
+
+    def _init_readout_biases(self, model) -> None:
+        """A fresh run starts each trained session's neurons at their mean rate (a resumed one restores them)."""
+        if self.checkpointer.latest_step() is not None:
+            return
+        for name, mean in self.windows.mean_scaled_responses().items():
+            start = self.layout.row_offsets[self.layout.session_index(name)]
+            model.identity.set_mean_rates(mean, self.config.model.softplus_beta, start_row=start)
 
     def _init_model_and_optimizer(self):
         """Model and optimizer created inside one jit, so every parameter is born sharded in a single compile."""
