@@ -83,7 +83,7 @@ def run(args) -> int:
                                       out=out / "main_run_eval.json",
                                       options=EvalOptions(max_batches=8, train_batches=20, cnn_steps=60),
                                       log=lambda m: print("      " + m, flush=True))
-    verdicts = _verdicts(made["fits"])
+    verdicts = _verdicts(rows, made["fits"])
     timings["total_s"] = time.monotonic() - start
     results = {"store": str(out / "store"), "sessions": names, "runs": rows, "failed_runs": failed,
                "fits": made["fits"].to_json(), "verdicts": verdicts, "main_run": main_run and main_run["name"],
@@ -104,20 +104,47 @@ def _largest_run(rows: list[dict]) -> dict | None:
     return max(done, key=lambda r: (r["N"], r["D"], -(r.get("seed") or 0))) if done else None
 
 
-def _verdicts(fits) -> dict[str, str]:
-    """Plain-words statements, each backed by an interval."""
-    from omnimouse_jax.scaling.fit import saturation_verdict
+def data_trend(rows: list[dict], fits, y: str = "val_loss") -> tuple[bool, str]:
+    """Whether loss falls with data at every model size, and the evidence in words.
 
-    out = {}
-    falling = []
+    It does when (1) at every size the loss (mean over seeds) drops at each step up in D, (2) the chinchilla fit's data
+    exponent beta has a 95% interval above 0 with B > 0 (the law's data term, shared by every size), and (3) every
+    size with enough runs for its own power fit in D has an exponent interval above 0."""
+    from omnimouse_jax.scaling.figures import finished
+
+    by_size: dict[str, dict[float, list[float]]] = {}
+    for r in finished(rows, y):
+        by_size.setdefault(r["size"], {}).setdefault(float(r["D"]), []).append(float(r[y]))
+    chains, monotone = [], True
+    for size, points in by_size.items():
+        means = [sum(v) / len(v) for _, v in sorted(points.items())]
+        falls = len(means) > 1 and all(b < a for a, b in zip(means, means[1:]))
+        monotone &= falls
+        chains.append(f"{size}: {' > '.join(f'{m:.4f}' for m in means)}" + ("" if falls else " (not falling)"))
+    evidence = [f"{y} from the least to the most data, {'; '.join(chains)}"]
+    joint_ok = False
+    if fits.joint is not None:
+        low, high = fits.joint.intervals.get("beta", (math.nan, math.nan))
+        joint_ok = low > 0 and fits.joint.params["B"] > 0
+        evidence.append(f"chinchilla data exponent beta = {fits.joint.params['beta']:.3g} [{low:.3g}, {high:.3g}]")
+    else:
+        evidence.append("no chinchilla fit (too few finished runs)")
+    own_ok = True
     for size, result in fits.by_size.items():
         low, high = result.intervals.get("alpha", (math.nan, math.nan))
-        falling.append((size, result.params["alpha"], low, high))
-    if falling:
-        every = all(low > 0 for _, _, low, _ in falling)
-        detail = "; ".join(f"{s}: data exponent {a:.3g} [{lo:.3g}, {hi:.3g}]" for s, a, lo, hi in falling)
-        out["data"] = (("Loss falls with data at every model size" if every else
-                        "Loss does not fall with data at every model size") + f" (95% intervals: {detail}).")
+        own_ok &= low > 0
+        evidence.append(f"{size} alone: data exponent {result.params['alpha']:.3g} [{low:.3g}, {high:.3g}]")
+    every = bool(by_size) and monotone and joint_ok and own_ok
+    return every, "; ".join(evidence)
+
+
+def _verdicts(rows: list[dict], fits) -> dict[str, str]:
+    """Plain-words statements, each backed by the runs and an interval."""
+    from omnimouse_jax.scaling.fit import saturation_verdict
+
+    every, evidence = data_trend(rows, fits)
+    out = {"data": ("Loss falls with data at every model size" if every else
+                    "Loss does not fall with data at every model size") + f" ({evidence}; 95% intervals)."}
     for d, result in fits.by_data.items():
         verdict = saturation_verdict(result)
         out[f"model_size_at_D={d:.3g}"] = f"Model size at D = {d:.3g} neural tokens: {verdict.text}"

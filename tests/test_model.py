@@ -227,3 +227,24 @@ def test_parameters_shard_by_logical_axes(model):
         assert gate.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")  # FSDP over embed
         rates = jax.device_get(forward(sharded, batch, masks)["rates"])
     np.testing.assert_allclose(rates, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [((6, 7, 7), (6, 4, 4), (0, 1, 3)),   # tiny
+                                                     ((6, 7, 7), (2, 2, 2), (2, 1, 3)),   # the paper's sizes
+                                                     ((10, 12, 16), (10, 12, 16), (0, 0, 0))])  # test
+def test_matmul_patch_embedding_equals_xla_convolution(kernel, stride, padding):
+    from omnimouse_jax.model.video import patch_embed
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 20, 36, 64, 2)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=kernel + (2, 5)).astype(np.float32))
+    b = jnp.asarray(rng.normal(size=(5,)).astype(np.float32))
+    ref = jax.lax.conv_general_dilated(x, w, stride, [(p, p) for p in padding],
+                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + b
+    out = patch_embed(x, w, b, stride, padding, "matmul")
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    grads = [jax.grad(lambda w_: (patch_embed(x, w_, b, stride, padding, impl) ** 2).mean())(w)
+             for impl in ("matmul", "conv")]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="video.patch_impl 'fft'"):
+        patch_embed(x, w, b, stride, padding, "fft")

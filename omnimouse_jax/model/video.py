@@ -82,6 +82,36 @@ def _from_units(x: jax.Array, unit) -> jax.Array:
     return x.reshape(b, nt * ut, nh * uh, nw * uw, d)
 
 
+def _unfold(x: jax.Array, axis: int, kernel: int, stride: int) -> jax.Array:
+    """Windows of `kernel` samples every `stride` along `axis`, the offset within the window appended as a last axis."""
+    out = (x.shape[axis] - kernel) // stride + 1
+    if kernel == stride:  # non-overlapping windows: a reshape
+        x = jax.lax.slice_in_dim(x, 0, out * kernel, axis=axis)
+        x = x.reshape(x.shape[:axis] + (out, kernel) + x.shape[axis + 1:])
+        return jnp.moveaxis(x, axis + 1, -1)
+    limit = lambda i: i + stride * (out - 1) + 1  # noqa: E731
+    return jnp.stack([jax.lax.slice_in_dim(x, i, limit(i), stride, axis) for i in range(kernel)], axis=-1)
+
+
+def patch_embed(x_BxTxHxWxC: jax.Array, kernel: jax.Array, bias: jax.Array, stride, padding, impl: str) -> jax.Array:
+    """The strided 3D patch convolution. impl "conv" calls XLA's convolution; "matmul" unfolds the patches (a reshape
+    where windows do not overlap, one strided slice per offset where they do) and multiplies once: the same numbers
+    to float rounding, 14x faster forward and backward on CPU, where XLA's convolution gradient is slow, but holding
+    prod(kernel / stride) times the input, so "auto" takes it only on CPU."""
+    if impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "conv"
+    if impl == "conv":
+        return jax.lax.conv_general_dilated(x_BxTxHxWxC, kernel, tuple(stride), [(p, p) for p in padding],
+                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + bias
+    if impl != "matmul":
+        raise ValueError(f"video.patch_impl {impl!r}: expected 'auto', 'conv' or 'matmul'")
+    x = jnp.pad(x_BxTxHxWxC, ((0, 0),) + tuple((p, p) for p in padding) + ((0, 0),))
+    for axis in range(3):  # -> (B, T', H', W', C, kt, kh, kw)
+        x = _unfold(x, axis + 1, kernel.shape[axis], stride[axis])
+    weights = jnp.moveaxis(kernel, 3, 0).reshape(-1, kernel.shape[-1])  # (C, kt, kh, kw) rows, as the patches
+    return x.reshape(x.shape[:4] + (-1,)) @ weights + bias
+
+
 class VideoEncoder(nnx.Module):
     """Frames (B, T, H, W) normalized, visibility (B, T) -> tokens (B, T', S', D_last) and their visibility (B, T')."""
 
@@ -92,6 +122,8 @@ class VideoEncoder(nnx.Module):
         heads = [video_cfg.num_heads * 2**i for i in range(len(video_cfg.stages))]
         self.out_dim = dims[-1]
         self.q_stride = tuple(video_cfg.q_stride)
+        self.patch_stride, self.patch_padding = tuple(video_cfg.patch_stride), tuple(video_cfg.patch_padding)
+        self.patch_impl, self.dtype = video_cfg.get("patch_impl", "auto"), dtype
         self.patch = nnx.Conv(
             2, dims[0], tuple(video_cfg.patch_kernel), tuple(video_cfg.patch_stride),
             padding=[(p, p) for p in video_cfg.patch_padding], dtype=dtype, param_dtype=jnp.float32,
@@ -114,7 +146,9 @@ class VideoEncoder(nnx.Module):
         vis = visible_BxT.astype(frames_BxTxHxW.dtype)[:, :, None, None]
         # Multiplying by the mask (rather than selecting) makes hidden frames contribute exactly zero gradient.
         x = jnp.stack([frames_BxTxHxW * vis, jnp.broadcast_to(vis, frames_BxTxHxW.shape)], axis=-1)
-        x = self.patch(x)
+        dt = self.dtype or x.dtype
+        x = patch_embed(x.astype(dt), self.patch.kernel[...].astype(dt), self.patch.bias[...].astype(dt),
+                        self.patch_stride, self.patch_padding, self.patch_impl)
         b, t, h, w, d = x.shape
         x = x + self.pos_time[...][None, :, None, None] + self.pos_space[...].reshape(1, 1, h, w, d)
         for stage, blocks in enumerate(self.stages):
