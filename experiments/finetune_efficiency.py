@@ -25,10 +25,11 @@ def parse_args(argv=None):
     parser.add_argument("--size", default="tiny", help="model size (experiments/configs/omnimouse.py)")
     parser.add_argument("--neurons", type=int, default=96, help="neurons per digital mouse")
     parser.add_argument("--trials", type=int, default=40, help="train trials per mouse (10 s each)")
-    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=400)
     parser.add_argument("--stage1-steps", type=int, default=100)
-    parser.add_argument("--stage2-steps", type=int, default=50)
-    parser.add_argument("--scratch-steps", type=int, default=300, help="steps of each from-scratch run")
+    parser.add_argument("--stage2-steps", type=int, default=100)
+    parser.add_argument("--scratch-steps", type=int, default=200,
+                        help="steps of each from-scratch run (default: as many as both fine-tuning stages together)")
     parser.add_argument("--warmup-steps", type=int, default=30, help="warmup of pretraining and scratch runs")
     return parser.parse_args(argv)
 
