@@ -158,3 +158,38 @@ def test_inverse_scaling_recovers_original_units(store, layout):
     start = int(batch["window_start"][0])
     raw = store.session(layout.names[k]).read(start, start + BLOCK, neurons=local)["responses"]
     np.testing.assert_allclose(original, raw, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_responses_come_from_the_runs_own_training_trials(store, layout):
+    """The readout-bias initializer: per neuron, the mean of the trials the run may train on (the first quarter of
+    the train trials at fraction 0.25), in scaled units; nothing from the excluded trials."""
+    means = _train(store, layout, fraction=0.25).mean_scaled_responses(max_trials=100)
+    for name in layout.names:
+        s = store.session(name)
+        t = s.trials
+        rows = np.flatnonzero(t["tier"] == "train")
+        rows = rows[np.argsort(t["source_index"][rows])][:2]  # 8 train trials x 0.25
+        y = np.concatenate([s.trial(int(t["source_index"][r]))["responses"] for r in rows])
+        std = s.stats["responses"]["std"]
+        scale = 1 / np.maximum(std, pipeline.RESPONSE_STD_FLOOR * std.mean())
+        np.testing.assert_allclose(means[name], y.mean(0) * scale, rtol=1e-5)
+        everything = np.concatenate([s.trial(int(t["source_index"][r]))["responses"]
+                                     for r in np.flatnonzero(t["tier"] == "train")])
+        assert not np.allclose(means[name], everything.mean(0) * scale, rtol=1e-3)
+
+
+def test_readout_bias_puts_the_softplus_head_at_the_mean_rate():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from omnimouse_jax.model.tokenizers import NeuronIdentity
+
+    identity = NeuronIdentity(6, 1, 1, 4, 8, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    rates = np.array([1e-4, 0.05, 0.4, 1.0, 30.0])
+    identity.set_mean_rates(rates, beta=0.1, start_row=1)
+    bias = np.asarray(identity.neuron_bias[...], np.float64)
+    predicted = np.logaddexp(0.0, 0.1 * bias) / 0.1  # softplus(beta b) / beta, the head at a zero readout
+    np.testing.assert_allclose(predicted[1:], np.maximum(rates, 1e-3), rtol=1e-4)
+    assert bias[0] == 0.0  # rows outside the range are untouched
+    with pytest.raises(ValueError, match="outside the table's 6 rows"):
+        identity.set_mean_rates(rates, beta=0.1, start_row=2)
