@@ -61,6 +61,10 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     if size == "tiny":
         # 128 neurons per example: a step costs 0.63 s instead of 0.99 s at 256 on 2 cores, and the paper's regimes
         # (64 visible + 64 held out) still fit.
+        # Softplus(beta=1) readout: responses arrive divided by their std (mean ~0.4), where Softplus(0.1)/0.1 has
+        # slope 0.04, so the readout's weights must grow ~25x before rates can move; at beta 1 the slope is 0.34.
+        # Measured on 3 digital mice after 300 steps: validation loss 0.795 (beta 1) vs 0.814 (beta 0.1).
+        model.softplus_beta = 1.0
         model.update(num_neuron_rows=2048, num_sessions=8, num_animals=4, max_neurons=128, d_model=64, num_heads=4,
                      num_layers=2, d_neuron_embed=32, latents_per_bin=16, num_global_latents=16)
         model.video.update(embed_dim=32, num_heads=2, stages=(1, 1), patch_kernel=(6, 7, 7), patch_stride=(6, 4, 4),
@@ -97,8 +101,10 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         root="data/store", sessions="all", fraction=1.0, weighting="proportional", num_threads=4, prefetch=8))
     config.train = ml_collections.ConfigDict(dict(
-        steps={"test": 200, "tiny": 2000}.get(size, 1_000_000), batch_size=8 if cpu else 64,
-        log_every_steps=10 if cpu else 100, eval_every_steps=500 if cpu else 10_000, eval_batches=8,
+        # tiny's 300 steps: about 3.5 minutes on 2 quiet cores. Still far from converged: on 3 digital mice it
+        # then beats the CNN digital twin in neural prediction but not yet persistence in forecasting.
+        steps={"test": 200, "tiny": 300}.get(size, 1_000_000), batch_size=8 if cpu else 64,
+        log_every_steps=10 if cpu else 100, eval_every_steps=100 if cpu else 10_000, eval_batches=8,
         tensorboard=True, compile_cache=True))
     # Mesh axis sizes; -1 takes every device the other axes leave.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
