@@ -59,6 +59,17 @@ def _parse_value(text: str):
     return text
 
 
+# String fields that also take a list: "all" or [name, name, ...] (quotes around the names optional).
+NAME_LIST_FIELDS = ("data.sessions",)
+
+
+def _name_list(text: str) -> tuple[str, ...] | None:
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    return tuple(item.strip().strip("'\"") for item in text[1:-1].split(",") if item.strip())
+
+
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     """Sets config[key] (dotted) from the command-line text `text`, keeping the field's type."""
     *parents, leaf = key.split(".")
@@ -76,7 +87,9 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
-    if isinstance(current, str) and not isinstance(value, str):
+    if key in NAME_LIST_FIELDS and _name_list(text) is not None:
+        value = current = _name_list(text)
+    elif isinstance(current, str) and not isinstance(value, str):
         value = text
     if current is not None and isinstance(value, (int, float, str, tuple, list, bool)) and not isinstance(
             value, type(current)) and not (isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):

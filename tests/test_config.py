@@ -35,3 +35,13 @@ def test_missing_file_and_bad_arg():
 def test_split_overrides_both_spellings():
     rest, overrides = split_overrides(["--workdir", "w", "--config.a.b=1", "--config.c", "x"])
     assert rest == ["--workdir", "w"] and overrides == [("a.b", "1"), ("c", "x")]
+
+
+def test_sessions_take_all_or_a_list_of_names():
+    cfg = load_config(CONFIG, [("data.sessions", "[mouse-a, mouse-b]")])
+    assert tuple(cfg.data.sessions) == ("mouse-a", "mouse-b")
+    cfg = load_config(CONFIG, [("data.sessions", '["mouse-a", "mouse-b"]')])
+    assert tuple(cfg.data.sessions) == ("mouse-a", "mouse-b")
+    assert load_config(CONFIG, [("data.sessions", "all")]).data.sessions == "all"
+    # other string fields still take the text as it is
+    assert load_config(CONFIG, [("masking.mix", "[a, b]")]).masking.mix == "[a, b]"
