@@ -120,6 +120,7 @@ def figure(rows, path: Path) -> None:
     ax.plot(trials, [r["scratch"] for r in rows], "s--", label="from scratch")
     ax.plot(trials, [r["ceiling"] for r in rows], ":", color="gray", label="ceiling (true rates)")
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's minor labels would overprint the trial counts
     ax.set_xticks(trials, [f"{t}\n({r['fraction']:.0%})" for t, r in zip(trials, rows)])
     ax.set_xlabel("training trials of the held-out mouse")
     ax.set_ylabel("neural prediction (test correlation)")
