@@ -20,6 +20,8 @@ from pathlib import Path
 from omnimouse_jax.errors import UserError
 
 SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "scaling_demo.py"
+# The regimes table's quick evaluation, sized to the demo's budget.
+QUICK_EVAL = dict(max_batches=8, train_batches=20, cnn_steps=60)
 
 
 def add_arguments(parser) -> None:
@@ -81,7 +83,7 @@ def run(args) -> int:
 
         evaluation = evaluate_workdir(main_run["workdir"], regimes="paper", split="test",
                                       out=out / "main_run_eval.json",
-                                      options=EvalOptions(max_batches=8, train_batches=20, cnn_steps=60),
+                                      options=EvalOptions(**QUICK_EVAL),
                                       log=lambda m: print("      " + m, flush=True))
     verdicts = _verdicts(rows, made["fits"])
     timings["total_s"] = time.monotonic() - start
@@ -162,7 +164,11 @@ def _report(out, rows, made, evaluation, main_run, verdicts, failed, timings) ->
         lines += ["", "## Runs that did not finish", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     if evaluation is not None:
         lines += ["", f"## Regimes vs baselines: {main_run['name']} (the largest model on all the data)", "",
-                  paper_markdown(evaluation)]
+                  paper_markdown(evaluation), "",
+                  f"A quick look sized to the demo: {QUICK_EVAL['max_batches']} evaluation batches, baselines fit on "
+                  f"{QUICK_EVAL['train_batches']} training batches, a {QUICK_EVAL['cnn_steps']}-step CNN. "
+                  f"`omnimouse evaluate --workdir {main_run['workdir']} --regimes paper` evaluates every batch "
+                  "(docs/evaluation.md)."]
     lines += ["", "## Fitted laws and runs", "", f"See [{made['table'].name}](figures/{made['table'].name}) for the "
               "full runs table.", ""]
     lines += [line for line in made["table"].read_text().split("## Fits", 1)[1].split("## Figures")[0].strip().splitlines()]
