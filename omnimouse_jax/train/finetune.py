@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +243,7 @@ def finetune(source, store_root, sessions, workdir, settings=None) -> dict:
     model or absent from the store, a frame shape other than the model's, or a `workdir` holding another run."""
     from omnimouse_jax.config import load_config_file
     from omnimouse_jax.data.store import open_store
+    from omnimouse_jax.train.trainer import run_until_done_or_signalled
 
     source, workdir = Path(source), Path(workdir)
     settings = settings if settings is not None else load_config_file(str(DEFAULT_CONFIG))
@@ -269,15 +269,8 @@ def finetune(source, store_root, sessions, workdir, settings=None) -> dict:
     _check_workdir(workdir, layout)
 
     workdir.mkdir(parents=True, exist_ok=True)
-    session = finetune_session_class()(config, workdir, source=source, pretrained=pretrained, layout=layout)
-    stop = _Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return session.run(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        session.close()
+    return run_until_done_or_signalled(
+        finetune_session_class()(config, workdir, source=source, pretrained=pretrained, layout=layout))
 
 
 def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
@@ -298,16 +291,6 @@ def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
                         f"{list(layout.names)} asked for; use a new workdir")
 
 
-@dataclasses.dataclass
-class _Stop:
-    """Set by SIGTERM/SIGINT: finish the current step, save, return."""
-
-    requested: bool = False
-
-    def __call__(self, signum, frame):
-        self.requested = True
-
-
 @functools.cache
 def finetune_session_class():
     """The TrainingSession subclass of a fine-tune, defined on first use so that importing this module (for --help)
@@ -316,13 +299,8 @@ def finetune_session_class():
     import jax
     from flax import nnx
 
-    from omnimouse_jax.data import pipeline
-    from omnimouse_jax.data.store import open_store
-    from omnimouse_jax.model.omnimouse import count_parameters
-    from omnimouse_jax.train import sharding
     from omnimouse_jax.train.restore import load_trained
-    from omnimouse_jax.train.session import (TrainingSession, check_batch_divides_mesh, configure_model,
-                                             training_mix)
+    from omnimouse_jax.train.session import TrainingSession
 
     class FinetuneSession(TrainingSession):
         """A TrainingSession over the extended layout that samples the new sessions only, starts from the pretrained
@@ -333,45 +311,22 @@ def finetune_session_class():
             self.view = SubLayout.of(layout, config.data.sessions)
             super().__init__(config, Path(workdir))
 
-        def _build_data_and_model(self) -> None:
-            # As TrainingSession's, but with windows over the new sessions mapped to the extended layout, and the
-            # fine-tuning optimizer.
-            config = self.config
-            store = open_store(config.data.root)
-            self.layout = self.full_layout
-            configure_model(config, self.layout, store.session(self.view.sub.names[0]).frame_shape)
-            check_batch_divides_mesh(config, self.mesh)
-            self.windows = MappedWindows(pipeline.TrainWindows(
-                store, self.view.sub, block=config.model.num_samples, max_neurons=config.model.max_neurons,
-                global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
-                weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
-                process_count=self.process_count), self.view)
-            self.data_iter = iter(pipeline.train_dataset(self.windows, num_threads=config.data.get("num_threads", 4),
-                                                         prefetch=config.data.get("prefetch", 8)))
-            self.validation = self._validation_windows(store)
-            self.strategies, self.strategy_probs = training_mix(config)
+        # The TrainingSession hooks: the extended layout, windows over the new sessions mapped onto it, and the
+        # fine-tuning optimizer.
+        def _select_layout(self, store) -> SessionLayout:
+            return self.full_layout
+
+        def _read_layout(self) -> SessionLayout:
+            return self.view.sub
+
+        def _map_windows(self, windows):
+            return MappedWindows(windows, self.view)
+
+        def _make_optimizer(self):
             old = self.pretrained_layout
-            self.tx, self.schedules = finetune_optimizer(config.optim, config.finetune, {
+            return finetune_optimizer(self.config.optim, self.config.finetune, {
                 "neuron_table": old.num_neuron_rows, "neuron_bias": old.num_neuron_rows,
                 "session_table": old.num_sessions, "animal_table": old.num_animals})
-            with sharding.use_rules(self.mesh):
-                model, optimizer = self._init_model_and_optimizer()
-            self._init_readout_biases(model)
-            self.param_counts = count_parameters(model)
-            self.graphdef, self.state = nnx.split((model, optimizer))
-            self.batch_sharding = sharding.batch_sharding(self.mesh)
-            self._compile()
-
-        def _validation_windows(self, store):
-            try:
-                windows = pipeline.EvalWindows(store, self.view.sub, block=self.config.model.num_samples,
-                                               max_neurons=self.config.model.max_neurons,
-                                               global_batch=self.config.train.batch_size, seed=self.config.seed,
-                                               tier="validation", process_index=self.process_index,
-                                               process_count=self.process_count)
-            except UserError:
-                return None  # no validation/oracle trials in the new sessions: no periodic validation loss
-            return MappedWindows(windows, self.view)
 
         def _init_model_and_optimizer(self):
             """The pretrained model with its tables grown by fresh rows for the new sessions (identity.grow), every

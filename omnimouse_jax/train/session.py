@@ -236,20 +236,20 @@ class TrainingSession:
         if not config.data.root:
             raise UserError("config.data.root: empty; expected the path of a session store")
         store = open_store(config.data.root)
-        saved = self._saved_layout()
-        self.layout = saved or SessionLayout.from_store(store, config.data.get("sessions", "all"))
-        configure_model(config, self.layout, store.session(self.layout.names[0]).frame_shape)
+        self.layout = self._select_layout(store)
+        reads = self._read_layout()
+        configure_model(config, self.layout, store.session(reads.names[0]).frame_shape)
         check_batch_divides_mesh(config, self.mesh)
-        self.windows = pipeline.TrainWindows(
-            store, self.layout, block=config.model.num_samples, max_neurons=config.model.max_neurons,
+        self.windows = self._map_windows(pipeline.TrainWindows(
+            store, reads, block=config.model.num_samples, max_neurons=config.model.max_neurons,
             global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
             weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
-            process_count=self.process_count)
+            process_count=self.process_count))
         self.data_iter = iter(pipeline.train_dataset(self.windows, num_threads=config.data.get("num_threads", 4),
                                                      prefetch=config.data.get("prefetch", 8)))
         self.validation = self._validation_windows(store)
         self.strategies, self.strategy_probs = training_mix(config)
-        self.tx, self.schedules = make_optimizer(config.optim, self.total_steps)
+        self.tx, self.schedules = self._make_optimizer()
         with sharding.use_rules(self.mesh):
             model, optimizer = self._init_model_and_optimizer()
         self._init_readout_biases(model)
@@ -257,6 +257,20 @@ class TrainingSession:
         self.graphdef, self.state = nnx.split((model, optimizer))
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self._compile()
+
+    # Hooks a fine-tune overrides: the model's layout, the sessions the run reads, how their batches map to it, and
+    # the optimizer.
+    def _select_layout(self, store) -> SessionLayout:
+        return self._saved_layout() or SessionLayout.from_store(store, self.config.data.get("sessions", "all"))
+
+    def _read_layout(self) -> SessionLayout:
+        return self.layout
+
+    def _map_windows(self, windows):
+        return windows
+
+    def _make_optimizer(self):
+        return make_optimizer(self.config.optim, self.total_steps)
 
     def _init_readout_biases(self, model) -> None:
         """A fresh run starts each trained session's neurons at their mean rate (a resumed one restores them)."""
@@ -278,13 +292,14 @@ class TrainingSession:
 
     def _validation_windows(self, store):
         try:
-            return pipeline.EvalWindows(store, self.layout, block=self.config.model.num_samples,
-                                        max_neurons=self.config.model.max_neurons,
-                                        global_batch=self.config.train.batch_size, seed=self.config.seed,
-                                        tier="validation", process_index=self.process_index,
-                                        process_count=self.process_count)
+            windows = pipeline.EvalWindows(store, self._read_layout(), block=self.config.model.num_samples,
+                                           max_neurons=self.config.model.max_neurons,
+                                           global_batch=self.config.train.batch_size, seed=self.config.seed,
+                                           tier="validation", process_index=self.process_index,
+                                           process_count=self.process_count)
         except UserError:
-            return None  # a store without validation/oracle trials: no periodic validation loss
+            return None  # no validation/oracle trials in the sessions read: no periodic validation loss
+        return self._map_windows(windows)
 
     def _compile(self) -> None:
         self.train_step = compile_train_step(

@@ -107,7 +107,12 @@ def train(config, workdir) -> dict:
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    session = TrainingSession(config, workdir)
+    return run_until_done_or_signalled(TrainingSession(config, workdir))
+
+
+def run_until_done_or_signalled(session) -> dict:
+    """Runs a training session to its last step; SIGTERM/SIGINT finish the current step, save and return. Closes the
+    session either way and returns its last logged metrics."""
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
