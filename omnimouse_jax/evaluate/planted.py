@@ -1,0 +1,113 @@
+"""Which planted neuron properties a trained model has learned: on digital mice, how well a linear map from each
+neuron's learned embedding predicts its ground-truth parameters (behavior gains, latent loadings, base rate).
+
+    python -m omnimouse_jax.evaluate.planted --workdir W [--store S] [--out W/planted.json]
+
+Per session and parameter: the cross-validated R^2 of a ridge regression from the neuron-table rows (plus an
+intercept) to the parameter, over the session's neurons, in `folds` random folds (the penalty chosen inside each
+training fold). R^2 near 1: the embedding encodes the parameter linearly; near or below 0: it does not. Decoding a behavior that is encoded by zero-mean per-neuron gains (gaze, on digital mice) needs exactly
+this: the embedding must learn each neuron's gain before attention can weigh the neurons by it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from omnimouse_jax.errors import UserError
+
+# name -> how to read it from a ground-truth npz (one value per neuron)
+PARAMETERS = {
+    "gain_running": lambda gt: gt["gain_running"],
+    "gain_pupil": lambda gt: gt["gain_pupil"],
+    "gain_eye_x": lambda gt: gt["gain_eye"][:, 0],
+    "gain_eye_y": lambda gt: gt["gain_eye"][:, 1],
+    "loading_0": lambda gt: gt["loadings"][:, 0],
+    "log_base_rate": lambda gt: np.log(gt["base"]),
+}
+
+
+ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge penalties, relative to the number of training neurons
+
+
+def _ridge_predict(x_train, y_train, x_test, alpha):
+    """Ridge on z-scored features with an unpenalized intercept; penalty alpha x len(y_train)."""
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-12
+    xt, xs = (x_train - mu) / sd, (x_test - mu) / sd
+    w = np.linalg.solve(xt.T @ xt + alpha * len(y_train) * np.eye(xt.shape[1]), xt.T @ (y_train - y_train.mean()))
+    return xs @ w + y_train.mean()
+
+
+def _fold_ids(n, folds, rng):
+    return rng.permutation(n) % folds
+
+
+def cross_validated_r2(features_NxF: np.ndarray, target_N: np.ndarray, *, folds: int = 5, seed: int = 0) -> float:
+    """Out-of-fold R^2 of ridge regression of `target_N` on `features_NxF`; each outer fold picks its penalty from
+    ALPHAS by an inner cross-validation on its own training neurons only, so the score is not tuned on the neurons
+    it is measured on."""
+    x = np.asarray(features_NxF, np.float64)
+    y = np.asarray(target_N, np.float64)
+    n = len(y)
+    if n < 4 * folds:
+        raise ValueError(f"cross_validated_r2: {n} neurons are too few for {folds} nested folds")
+    rng = np.random.default_rng(seed)
+    outer = _fold_ids(n, folds, rng)
+    predictions = np.empty(n)
+    for k in range(folds):
+        xtr, ytr = x[outer != k], y[outer != k]
+        inner = _fold_ids(len(ytr), folds, rng)
+        errors = [sum(((_ridge_predict(xtr[inner != j], ytr[inner != j], xtr[inner == j], a) - ytr[inner == j]) ** 2
+                       ).sum() for j in range(folds)) for a in ALPHAS]
+        predictions[outer == k] = _ridge_predict(xtr, ytr, x[outer == k], ALPHAS[int(np.argmin(errors))])
+    return float(1.0 - ((predictions - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def planted_recovery(neuron_table_RxE: np.ndarray, layout, ground_truth_dir: Path, folds: int = 5) -> dict:
+    """{session: {parameter: cross-validated R^2}} for every session of `layout` with a ground-truth file."""
+    results = {}
+    for k, name in enumerate(layout.names):
+        path = Path(ground_truth_dir) / f"{name}.npz"
+        if not path.is_file():
+            continue
+        with np.load(path) as gt:
+            rows = neuron_table_RxE[layout.row_offsets[k]: layout.row_offsets[k] + layout.n_neurons[k]]
+            results[name] = {key: cross_validated_r2(rows, read(gt), folds=folds) for key, read in PARAMETERS.items()}
+    if not results:
+        raise UserError(f"{ground_truth_dir}: no ground-truth file for any of the sessions {list(layout.names)}; "
+                        "planted parameters exist only for digital mice (omnimouse data synth)")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="trained run directory (newest checkpoint)")
+    parser.add_argument("--store", help="digital-mouse store (default: the one the model was trained on)")
+    parser.add_argument("--out", help="JSON path (default: WORKDIR/planted.json)")
+    args = parser.parse_args(argv)
+    from omnimouse_jax.train.restore import load_trained
+
+    try:
+        trained = load_trained(args.workdir)
+        store = Path(args.store or trained.config.data.root)
+        table = np.asarray(trained.model.identity.neuron_table[...])
+        results = planted_recovery(table, trained.layout, store / "ground_truth")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path(args.workdir) / "planted.json")
+    out.write_text(json.dumps({"step": trained.step, "store": str(store), "r2": results}, indent=1))
+    print(f"cross-validated R^2 of planted neuron parameters from the learned embeddings, step {trained.step}")
+    print("| session | " + " | ".join(PARAMETERS) + " |")
+    print("| --- " * (len(PARAMETERS) + 1) + "|")
+    for name, r2 in results.items():
+        print(f"| {name} | " + " | ".join(f"{r2[key]:.2f}" for key in PARAMETERS) + " |")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
