@@ -111,7 +111,7 @@ def data_trend(rows: list[dict], fits, y: str = "val_loss") -> tuple[bool, str]:
 
     It does when (1) at every size the loss (mean over seeds) drops at each step up in D, (2) the chinchilla fit's data
     exponent beta has a 95% interval above 0 with B > 0 (the law's data term, shared by every size), and (3) every
-    size with enough runs for its own power fit in D has an exponent interval above 0."""
+    size with enough distinct D for its own power fit's interval has an exponent interval above 0."""
     from omnimouse_jax.scaling.figures import finished
 
     by_size: dict[str, dict[float, list[float]]] = {}
@@ -133,7 +133,11 @@ def data_trend(rows: list[dict], fits, y: str = "val_loss") -> tuple[bool, str]:
         evidence.append("no chinchilla fit (too few finished runs)")
     own_ok = True
     for size, result in fits.by_size.items():
-        low, high = result.intervals.get("alpha", (math.nan, math.nan))
+        if "alpha" not in result.intervals:  # too few distinct D for its own interval: (1) and (2) decide
+            evidence.append(f"{size} alone: data exponent {result.params['alpha']:.3g} "
+                            f"({result.bootstrap['skipped'] or 'no interval'})")
+            continue
+        low, high = result.intervals["alpha"]
         own_ok &= low > 0
         evidence.append(f"{size} alone: data exponent {result.params['alpha']:.3g} [{low:.3g}, {high:.3g}]")
     every = bool(by_size) and monotone and joint_ok and own_ok

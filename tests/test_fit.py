@@ -181,6 +181,26 @@ def test_too_few_points_are_refused_with_the_count_needed():
         fit.fit_law(np.repeat([1e3, 1e4, 1e5, 1e6, 1e7], 2), np.linspace(3, 1, 10), "bnsl")
 
 
+def test_no_intervals_when_the_law_passes_through_an_unreplicated_x():
+    """3 distinct x for the 3-parameter power law: every resample's fit passes exactly through an x seen once, so no
+    interval is given (the demo's 3-size fits once printed estimates outside their own intervals)."""
+    x3 = np.array([1e4, 1e4, 1e5, 1e6])  # one replicate, at the smallest x only
+    y3 = 0.5 + 30.0 * x3 ** -0.3 * np.array([1.01, 0.99, 1.0, 1.0])
+    bare = fit.fit_law(x3, y3, "power", bootstrap=50, holdout_top=0)
+    assert bare.intervals == {} and bare.derived_intervals == {} and bare.bootstrap["used"] == 0
+    assert "no intervals: 3 distinct x for 3 parameters, 2 of them seen once" in bare.summary()
+    assert fit.saturation_verdict(bare).claimed is None
+    assert np.isfinite(bare.params["alpha"])
+    # Every x replicated, or more distinct x than parameters: intervals, each around its estimate.
+    rng = np.random.default_rng(3)
+    for x in (np.repeat([1e4, 1e5, 1e6], 2), np.array([1e4, 1e5, 1e6, 1e7])):
+        y = (0.5 + 30.0 * x ** -0.3) * np.exp(0.01 * rng.standard_normal(len(x)))
+        result = fit.fit_law(x, y, "power", bootstrap=50, holdout_top=0)
+        assert result.bootstrap["skipped"] is None and result.bootstrap["used"] > 0
+        for name, (lo, hi) in result.intervals.items():
+            assert lo <= result.params[name] <= hi, (x, name)
+
+
 def _write_csv(path, header, rows):
     path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
     return str(path)

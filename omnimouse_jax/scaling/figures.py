@@ -343,24 +343,23 @@ def runs_table(rows: list[dict]) -> str:
 
 
 def _fit_lines(fits: SweepFits) -> list[str]:
+    def line(head, r, names):
+        skipped = r.bootstrap.get("skipped")
+        return (f"- {head} on {r.n_points} runs: " + ", ".join(f"{k} = {_interval(r, k)}" for k in names)
+                + (f" ({skipped})" if skipped else ""))
+
     lines = []
     if fits.joint is not None:
-        j = fits.joint
-        lines.append(f"- chinchilla, {fits.y} = E + A N^-alpha + B D^-beta on {j.n_points} runs: "
-                     + ", ".join(f"{k} = {_interval(j, k)}" for k in ("E", "A", "B", "alpha", "beta")))
+        joint_names = ("E", "A", "B", "alpha", "beta")
+        lines.append(line(f"chinchilla, {fits.y} = E + A N^-alpha + B D^-beta", fits.joint, joint_names))
     for size, r in fits.by_size.items():
-        lines.append(f"- size {size}, {fits.y} = E + A D^-alpha on {r.n_points} runs: "
-                     + ", ".join(f"{k} = {_interval(r, k)}" for k in ("E", "A", "alpha")))
+        lines.append(line(f"size {size}, {fits.y} = E + A D^-alpha", r, ("E", "A", "alpha")))
     for d, r in fits.by_data.items():
-        lines.append(f"- D = {d:.4g}, {fits.y} = E + A N^-alpha on {r.n_points} runs: "
-                     + ", ".join(f"{k} = {_interval(r, k)}" for k in ("E", "A", "alpha")))
+        lines.append(line(f"D = {d:.4g}, {fits.y} = E + A N^-alpha", r, ("E", "A", "alpha")))
     for column, r in fits.metrics.items():
-        lines.append(f"- {METRIC_TITLES[column]} vs N ({r.form}) on {r.n_points} runs: "
-                     + ", ".join(f"{k} = {_interval(r, k)}" for k in r.params))
+        lines.append(line(f"{METRIC_TITLES[column]} vs N ({r.form})", r, tuple(r.params)))
     if fits.frontier is not None:
-        r = fits.frontier
-        lines.append(f"- compute frontier, {fits.y} = E + A C^-alpha on {r.n_points} runs: "
-                     + ", ".join(f"{k} = {_interval(r, k)}" for k in ("E", "A", "alpha")))
+        lines.append(line(f"compute frontier, {fits.y} = E + A C^-alpha", fits.frontier, ("E", "A", "alpha")))
     lines += [f"- skipped: {note}" for note in fits.notes]
     return lines or ["- no fits"]
 

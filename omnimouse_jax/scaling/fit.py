@@ -137,7 +137,8 @@ class FitResult:
             lines.append(f"starts: {s['total']} polished, {s['converged']} converged, {s['at_optimum']} reached the "
                          f"best objective (largest parameter spread among those: {_g(s['max_relative_spread'])})")
         b = self.bootstrap
-        lines.append(f"bootstrap: {b['used']} of {b['resamples']} resamples of the points used (seed {b['seed']})")
+        lines.append(f"bootstrap: {b['skipped']}" if b.get("skipped") else
+                     f"bootstrap: {b['used']} of {b['resamples']} resamples of the points used (seed {b['seed']})")
         h = self.heldout
         if h is None:
             lines.append("held-out error: not computed")
@@ -190,7 +191,9 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
     _check_count(form, names, x_NxD, y_name)
 
     theta, objective_value, starts = _fit_full(form, x_NxD, y_N, objective_scale)
-    counts = resample_counts(len(y_N), bootstrap, seed) if bootstrap > 0 else np.zeros((0, len(y_N)), int)
+    skipped = _why_no_intervals(form, x_NxD)
+    resamples = bootstrap if skipped is None else 0
+    counts = resample_counts(len(y_N), resamples, seed) if resamples > 0 else np.zeros((0, len(y_N)), int)
     theta_draws = _fit_resamples(form, x_NxD, y_N, counts, theta, objective_scale)
     params = _public(form, theta)
     draws = _public(form, theta_draws)
@@ -214,7 +217,8 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
         starts=starts,
         heldout=_heldout(form, names, x_NxD, y_N, holdout_top, objective_scale),
         aicc=aicc, bic=bic,
-        bootstrap={"resamples": bootstrap, "used": used, "seed": seed, "interval": f"{CONFIDENCE:g}% percentile"},
+        bootstrap={"resamples": resamples, "used": used, "seed": seed, "interval": f"{CONFIDENCE:g}% percentile",
+                   "skipped": skipped},
         theta=theta,
     )
     result.verdicts = _verdicts(result)
@@ -327,6 +331,18 @@ def _check_values(form: str, names, x_NxD: np.ndarray, y_name: str, y_N: np.ndar
     bad = np.flatnonzero(~ok)
     if len(bad):
         raise UserError(f"column {y_name!r} must be {expected}; row {bad[0] + 1} is {y_N[bad[0]]!r}")
+
+
+def _why_no_intervals(form: str, x_NxD: np.ndarray) -> str | None:
+    """Why a bootstrap would mislead, or None. With no more distinct x than parameters the law passes through every
+    distinct x (through the mean of its replicates). The resamples then vary only through the replicates, so an x
+    seen once is fitted exactly in every resample that has it and its noise never enters the interval; such
+    intervals can even exclude the estimate. Intervals are kept there only when every distinct x is replicated."""
+    k = len(_PARAMS[form])
+    _, counts = np.unique(x_NxD, axis=0, return_counts=True)
+    if len(counts) > k or counts.min() >= 2:
+        return None
+    return f"no intervals: {len(counts)} distinct x for {k} parameters, {int((counts == 1).sum())} of them seen once"
 
 
 def _check_count(form: str, names, x_NxD: np.ndarray, y_name: str) -> None:
