@@ -73,6 +73,22 @@ def test_json_has_the_contract_keys_and_every_valid_preset(result):
     assert "| model |" in md and "Neural prediction" in md and "population_64_response" in md
 
 
+def test_digital_mice_report_the_planted_parameters_of_the_evaluated_checkpoint(result, workdir, store):
+    from omnimouse_jax.evaluate.planted import PARAMETERS, planted_recovery
+    from omnimouse_jax.train.restore import load_trained
+
+    res, out = result
+    trained = load_trained(workdir, step=res["step"])
+    expected = planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), trained.layout,
+                                store / "ground_truth")
+    assert set(res["planted_r2"]) == set(trained.layout.names)
+    for session, r2 in res["planted_r2"].items():
+        assert list(r2) == list(PARAMETERS)
+        np.testing.assert_allclose([r2[k] for k in PARAMETERS], [expected[session][k] for k in PARAMETERS])
+        assert all(v <= 1.0 for v in r2.values())
+    assert "## Planted neuron parameters" in (out / "eval.md").read_text()
+
+
 def test_table_gaze_and_fractions_follow_the_regime_metrics(result):
     res, _ = result
     for column, (preset, key) in R.PAPER_COLUMNS.items():

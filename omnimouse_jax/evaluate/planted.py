@@ -67,16 +67,19 @@ def cross_validated_r2(features_NxF: np.ndarray, target_N: np.ndarray, *, folds:
 
 
 def planted_recovery(neuron_table_RxE: np.ndarray, layout, ground_truth_dir: Path, folds: int = 5) -> dict:
-    """{session: {parameter: cross-validated R^2}} for every session of `layout` with a ground-truth file."""
+    """{session: {parameter: cross-validated R^2}} for every session of `layout` with a ground-truth file and enough
+    neurons for nested folds (4 x folds)."""
     results = {}
+    found = False
     for k, name in enumerate(layout.names):
         path = Path(ground_truth_dir) / f"{name}.npz"
-        if not path.is_file():
+        found |= path.is_file()
+        if not path.is_file() or layout.n_neurons[k] < 4 * folds:
             continue
         with np.load(path) as gt:
             rows = neuron_table_RxE[layout.row_offsets[k]: layout.row_offsets[k] + layout.n_neurons[k]]
             results[name] = {key: cross_validated_r2(rows, read(gt), folds=folds) for key, read in PARAMETERS.items()}
-    if not results:
+    if not found:
         raise UserError(f"{ground_truth_dir}: no ground-truth file for any of the sessions {list(layout.names)}; "
                         "planted parameters exist only for digital mice (omnimouse data synth)")
     return results
@@ -97,6 +100,10 @@ def main(argv=None) -> int:
         results = planted_recovery(table, trained.layout, store / "ground_truth")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"error: no session of {args.workdir} has the {4 * 5} neurons the probe's nested folds need",
+              file=sys.stderr)
         return 2
     out = Path(args.out or Path(args.workdir) / "planted.json")
     out.write_text(json.dumps({"step": trained.step, "store": str(store), "r2": results}, indent=1))

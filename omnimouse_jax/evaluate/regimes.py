@@ -535,6 +535,11 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     }
     if submission is not None:
         result["sensorium_submission"] = {"path": str(sensorium_submission), "trials": submission.rows}
+    truth = store_path / "ground_truth"
+    if all((truth / f"{name}.npz").is_file() for name in layout.names):  # digital mice: what was planted
+        from omnimouse_jax.evaluate.planted import planted_recovery
+
+        result["planted_r2"] = planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), layout, truth)
     if out is not None:
         write_json_atomic(Path(out), result)
         _write_text_atomic(Path(out).with_suffix(".md"), markdown(result))

@@ -116,6 +116,13 @@ def markdown(result: dict) -> str:
              _markdown_table(["regime", "metric", *rows], per_regime)]
     if result["presets_skipped"]:
         parts += ["", "Skipped (do not fit this model): " + ", ".join(result["presets_skipped"]) + "."]
+    if result.get("planted_r2"):
+        names = list(next(iter(result["planted_r2"].values())))
+        parts += ["", "## Planted neuron parameters read from the learned embeddings", "",
+                  "Cross-validated R^2 of a linear map from each neuron's embedding to its ground-truth parameter "
+                  "(omnimouse_jax/evaluate/planted.py); near 0: not learned.", "",
+                  _markdown_table(["session", *names], [[session, *(_cell(r2[n]) for n in names)]
+                                                        for session, r2 in result["planted_r2"].items()])]
     evaluation = result["evaluation"]
     parts += ["", f"{evaluation['batches']} of {evaluation['total_batches']} evaluation batches of "
                   f"{evaluation['batch_size']} windows (stride {evaluation['window_stride']}); baselines fit on "
