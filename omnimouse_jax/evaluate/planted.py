@@ -4,14 +4,14 @@ neuron's learned embedding predicts its ground-truth parameters (behavior gains,
     python -m omnimouse_jax.evaluate.planted --workdir W [--store S] [--out W/planted.json]
 
 Per session and parameter: the cross-validated R^2 of a ridge regression from the neuron-table rows (plus an
-intercept) to the parameter, over the session's neurons, in `folds` random folds (the penalty chosen inside each
-training fold). R^2 near 1: the embedding encodes the parameter linearly; near or below 0: it does not. Decoding a behavior that is encoded by zero-mean per-neuron gains (gaze, on digital mice) needs exactly
-this: the embedding must learn each neuron's gain before attention can weigh the neurons by it.
+intercept) to the parameter, over the session's neurons, in FOLDS random folds (the penalty chosen inside each
+training fold). R^2 near 1: the embedding encodes the parameter linearly; near or below 0: it does not. Decoding a
+behavior carried by zero-mean per-neuron gains (gaze, on digital mice) needs the embeddings to tell neurons of
+opposite gain apart; docs/evaluation.md shows that this is necessary, not sufficient.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +31,8 @@ PARAMETERS = {
 
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge penalties, relative to the number of training neurons
+FOLDS = 5
+MIN_NEURONS = 4 * FOLDS  # nested folds: the inner ones need a few neurons each
 
 
 def _ridge_predict(x_train, y_train, x_test, alpha):
@@ -45,7 +47,7 @@ def _fold_ids(n, folds, rng):
     return rng.permutation(n) % folds
 
 
-def cross_validated_r2(features_NxF: np.ndarray, target_N: np.ndarray, *, folds: int = 5, seed: int = 0) -> float:
+def cross_validated_r2(features_NxF: np.ndarray, target_N: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> float:
     """Out-of-fold R^2 of ridge regression of `target_N` on `features_NxF`; each outer fold picks its penalty from
     ALPHAS by an inner cross-validation on its own training neurons only, so the score is not tuned on the neurons
     it is measured on."""
@@ -66,19 +68,19 @@ def cross_validated_r2(features_NxF: np.ndarray, target_N: np.ndarray, *, folds:
     return float(1.0 - ((predictions - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
-def planted_recovery(neuron_table_RxE: np.ndarray, layout, ground_truth_dir: Path, folds: int = 5) -> dict:
-    """{session: {parameter: cross-validated R^2}} for every session of `layout` with a ground-truth file and enough
-    neurons for nested folds (4 x folds)."""
+def planted_recovery(neuron_table_RxE: np.ndarray, layout, ground_truth_dir: Path) -> dict:
+    """{session: {parameter: cross-validated R^2}} for every session of `layout` with a ground-truth file and at
+    least MIN_NEURONS neurons."""
     results = {}
     found = False
     for k, name in enumerate(layout.names):
         path = Path(ground_truth_dir) / f"{name}.npz"
         found |= path.is_file()
-        if not path.is_file() or layout.n_neurons[k] < 4 * folds:
+        if not path.is_file() or layout.n_neurons[k] < MIN_NEURONS:
             continue
         with np.load(path) as gt:
             rows = neuron_table_RxE[layout.row_offsets[k]: layout.row_offsets[k] + layout.n_neurons[k]]
-            results[name] = {key: cross_validated_r2(rows, read(gt), folds=folds) for key, read in PARAMETERS.items()}
+            results[name] = {key: cross_validated_r2(rows, read(gt)) for key, read in PARAMETERS.items()}
     if not found:
         raise UserError(f"{ground_truth_dir}: no ground-truth file for any of the sessions {list(layout.names)}; "
                         "planted parameters exist only for digital mice (omnimouse data synth)")
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--store", help="digital-mouse store (default: the one the model was trained on)")
     parser.add_argument("--out", help="JSON path (default: WORKDIR/planted.json)")
     args = parser.parse_args(argv)
+    from omnimouse_jax.data.store import write_json_atomic
     from omnimouse_jax.train.restore import load_trained
 
     try:
@@ -102,11 +105,11 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not results:
-        print(f"error: no session of {args.workdir} has the {4 * 5} neurons the probe's nested folds need",
+        print(f"error: no session of {args.workdir} has the {MIN_NEURONS} neurons the probe's nested folds need",
               file=sys.stderr)
         return 2
     out = Path(args.out or Path(args.workdir) / "planted.json")
-    out.write_text(json.dumps({"step": trained.step, "store": str(store), "r2": results}, indent=1))
+    write_json_atomic(out, {"step": trained.step, "store": str(store), "r2": results})
     print(f"cross-validated R^2 of planted neuron parameters from the learned embeddings, step {trained.step}")
     print("| session | " + " | ".join(PARAMETERS) + " |")
     print("| --- " * (len(PARAMETERS) + 1) + "|")
