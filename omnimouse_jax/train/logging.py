@@ -22,7 +22,8 @@ def _plain(value):
 
 class MetricsLogger:
     def __init__(self, workdir, *, total_steps: int, resume_step: int = 0, tensorboard: bool = True,
-                 stream=sys.stderr):
+                 stream=None):
+        stream = stream or sys.stderr  # looked up per logger: a default bound at import outlives a swapped stderr
         self.path = Path(workdir) / "metrics.jsonl"
         self._truncate_after(resume_step)
         self.file = open(self.path, "a")
