@@ -24,6 +24,7 @@ COMMANDS = {
     ("data", "check"): ("omnimouse_jax.data.validate", "validate a session store; exit 0 only if sound"),
     (None, "train"): ("omnimouse_jax.train.trainer", "train a model from a config; resumes from the workdir"),
     (None, "evaluate"): ("omnimouse_jax.evaluate.report", "evaluate a trained workdir in every regime"),
+    (None, "planted"): ("omnimouse_jax.evaluate.planted", "planted neuron parameters a model learned (digital mice)"),
     (None, "sweep"): ("omnimouse_jax.scaling.sweep", "run or emit every run of a sweep"),
     (None, "finetune"): ("omnimouse_jax.train.finetune", "adapt a pretrained model to new mice"),
     (None, "fit"): ("omnimouse_jax.scaling.fit_command", "fit a scaling law with bootstrap intervals"),

@@ -87,8 +87,9 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
-    if key in NAME_LIST_FIELDS and _name_list(text) is not None:
-        value = current = _name_list(text)
+    names = _name_list(text) if key in NAME_LIST_FIELDS else None
+    if names is not None:
+        value = current = names
     elif isinstance(current, str) and not isinstance(value, str):
         value = text
     if current is not None and isinstance(value, (int, float, str, tuple, list, bool)) and not isinstance(

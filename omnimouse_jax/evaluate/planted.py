@@ -1,7 +1,7 @@
 """Which planted neuron properties a trained model has learned: on digital mice, how well a linear map from each
 neuron's learned embedding predicts its ground-truth parameters (behavior gains, latent loadings, base rate).
 
-    python -m omnimouse_jax.evaluate.planted --workdir W [--store S] [--out W/planted.json]
+    omnimouse planted --workdir W [--store S] [--out W/planted.json]
 
 Per session and parameter: the cross-validated R^2 of a ridge regression from the neuron-table rows (plus an
 intercept) to the parameter, over the session's neurons, in FOLDS random folds (the penalty chosen inside each
@@ -11,7 +11,6 @@ opposite gain apart; docs/evaluation.md shows that this is necessary, not suffic
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -87,36 +86,36 @@ def planted_recovery(neuron_table_RxE: np.ndarray, layout, ground_truth_dir: Pat
     return results
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="trained run directory (newest checkpoint)")
     parser.add_argument("--store", help="digital-mouse store (default: the one the model was trained on)")
     parser.add_argument("--out", help="JSON path (default: WORKDIR/planted.json)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     from omnimouse_jax.data.store import write_json_atomic
+    from omnimouse_jax.evaluate.report import planted_markdown
     from omnimouse_jax.train.restore import load_trained
 
-    try:
-        trained = load_trained(args.workdir)
-        store = Path(args.store or trained.config.data.root)
-        table = np.asarray(trained.model.identity.neuron_table[...])
-        results = planted_recovery(table, trained.layout, store / "ground_truth")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    trained = load_trained(args.workdir)
+    store = Path(args.store or trained.config.data.root)
+    results = planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), trained.layout,
+                               store / "ground_truth")
     if not results:
-        print(f"error: no session of {args.workdir} has the {MIN_NEURONS} neurons the probe's nested folds need",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"no session of {args.workdir} has the {MIN_NEURONS} neurons the probe's nested folds need")
     out = Path(args.out or Path(args.workdir) / "planted.json")
     write_json_atomic(out, {"step": trained.step, "store": str(store), "r2": results})
     print(f"cross-validated R^2 of planted neuron parameters from the learned embeddings, step {trained.step}")
-    print("| session | " + " | ".join(PARAMETERS) + " |")
-    print("| --- " * (len(PARAMETERS) + 1) + "|")
-    for name, r2 in results.items():
-        print(f"| {name} | " + " | ".join(f"{r2[key]:.2f}" for key in PARAMETERS) + " |")
+    print(planted_markdown(results))
     print(f"wrote {out}")
     return 0
+
+
+def main(argv=None) -> int:
+    """`python -m omnimouse_jax.evaluate.planted ...` is `omnimouse planted ...`."""
+    from omnimouse_jax import cli
+
+    return cli.main(["planted", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def planted_markdown(planted_r2: dict) -> str:
+    """{session: {parameter: R^2}} as a table, one row per session."""
+    names = list(next(iter(planted_r2.values())))
+    return _markdown_table(["session", *names], [[session, *(_cell(r2[n]) for n in names)]
+                                                 for session, r2 in planted_r2.items()])
+
+
 def paper_markdown(result: dict) -> str:
     """The paper's results table: one row per predictor, one column per paper column; on digital mice also each
     predictor's fraction of the ground-truth ceiling."""
@@ -117,12 +124,9 @@ def markdown(result: dict) -> str:
     if result["presets_skipped"]:
         parts += ["", "Skipped (do not fit this model): " + ", ".join(result["presets_skipped"]) + "."]
     if result.get("planted_r2"):
-        names = list(next(iter(result["planted_r2"].values())))
         parts += ["", "## Planted neuron parameters read from the learned embeddings", "",
                   "Cross-validated R^2 of a linear map from each neuron's embedding to its ground-truth parameter "
-                  "(omnimouse_jax/evaluate/planted.py); near 0: not learned.", "",
-                  _markdown_table(["session", *names], [[session, *(_cell(r2[n]) for n in names)]
-                                                        for session, r2 in result["planted_r2"].items()])]
+                  "(omnimouse planted); near 0: not learned.", "", planted_markdown(result["planted_r2"])]
     evaluation = result["evaluation"]
     parts += ["", f"{evaluation['batches']} of {evaluation['total_batches']} evaluation batches of "
                   f"{evaluation['batch_size']} windows (stride {evaluation['window_stride']}); baselines fit on "
