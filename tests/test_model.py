@@ -248,3 +248,54 @@ def test_matmul_patch_embedding_equals_xla_convolution(kernel, stride, padding):
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="video.patch_impl 'fft'"):
         patch_embed(x, w, b, stride, padding, "fft")
+
+
+def test_response_gain_scales_each_neurons_tokens_by_its_embedding():
+    """With the response gain on, a neuron whose embedding maps to a gain of -1 (1 + gain = 0) contributes no
+    response tokens: its responses cannot change any prediction, while another neuron's still do."""
+    cfg = load_config("test").model
+    cfg.response_gain = True
+    model = OmniMouse(cfg, rngs=nnx.Rngs(11))
+    batch = make_batch(cfg, seed=12)
+    masks = make_masks(strategy_arrays(PRESETS["all_response_only"]), batch["neuron_mask"], T)
+    # Zero session/animal embeddings; row r of the silenced neuron is the first unit vector, which the gain maps to -1.
+    for name in ("session_table", "animal_table"):
+        getattr(model.identity, name).set_value(jnp.zeros_like(getattr(model.identity, name)[...]))
+    row = int(batch["neuron_index"][0, 0])
+    table = np.asarray(model.identity.neuron_table[...]).copy()
+    table[row] = np.eye(cfg.d_neuron_embed)[0]
+    table[np.arange(len(table)) != row, 0] = 0.0  # other rows get no gain
+    model.identity.neuron_table.set_value(jnp.asarray(table))
+    kernel = np.zeros((cfg.d_neuron_embed, cfg.d_model), np.float32)
+    kernel[0] = -1.0
+    model.response_gain.kernel.set_value(jnp.asarray(kernel))
+
+    def behavior_after(responses):
+        return np.asarray(jax.device_get(forward(model, {**batch, "responses": responses}, masks))["behavior"])
+
+    base = behavior_after(batch["responses"])
+    silenced, other = batch["responses"].copy(), batch["responses"].copy()
+    silenced[0, :, 0] += 5.0
+    other[0, :, 1] += 5.0
+    np.testing.assert_allclose(behavior_after(silenced), base, rtol=1e-6, atol=1e-6)
+    assert np.abs(behavior_after(other) - base).max() > 1e-3
+
+
+def test_behavior_readout_is_time_resolved(model):
+    """`per_step` (the test size's readout) decodes behavior with one query per (channel, readout step) and maps each
+    step's output to that step's samples, so changing one step's query changes that step's behavior and no other;
+    `per_channel` (the paper's) reads each channel's whole trace from one query, which knows no steps."""
+    batch = make_batch(CFG, seed=13)
+    masks = make_masks(strategy_arrays(PRESETS["all_response_only"]), batch["neuron_mask"], T)
+    k = CFG.readout_step
+    per_channel_cfg = load_config("test").model
+    per_channel_cfg.behavior_readout = "per_channel"
+    for base, per_step in ((model, True), (OmniMouse(per_channel_cfg, rngs=nnx.Rngs(14)), False)):
+        edited = nnx.clone(base)
+        queries = np.asarray(edited.step_queries[...]).copy()
+        queries[0] += 1.0  # the first step's query (shared with the neuron queries of that step)
+        edited.step_queries.set_value(jnp.asarray(queries))
+        before = np.asarray(jax.device_get(forward(base, batch, masks))["behavior"])
+        after = np.asarray(jax.device_get(forward(edited, batch, masks))["behavior"])
+        np.testing.assert_allclose(after[:, k:], before[:, k:], rtol=1e-6, atol=1e-6)
+        assert (np.abs(after[:, :k] - before[:, :k]).max() > 1e-3) == per_step

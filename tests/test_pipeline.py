@@ -160,22 +160,37 @@ def test_inverse_scaling_recovers_original_units(store, layout):
     np.testing.assert_allclose(original, raw, rtol=1e-5, atol=1e-6)
 
 
-def test_mean_responses_come_from_the_runs_own_training_trials(store, layout):
-    """The readout-bias initializer: per neuron, the mean of the trials the run may train on (the first quarter of
-    the train trials at fraction 0.25), in scaled units; nothing from the excluded trials."""
-    means = _train(store, layout, fraction=0.25).mean_scaled_responses(max_trials=100)
-    for name in layout.names:
+def test_neuron_statistics_come_from_the_runs_own_training_trials(store, layout):
+    """The initializers' statistics: per neuron, the mean response (scaled units) and the joint least-squares
+    regression on the standardized behavior channels over residual std, both over the trials the run may train on
+    (the first quarter of the train trials at fraction 0.25); nothing from the excluded trials."""
+    windows = _train(store, layout, fraction=0.25)
+    stats = windows.neuron_statistics(max_trials=100)
+    for k, name in enumerate(layout.names):
         s = store.session(name)
         t = s.trials
         rows = np.flatnonzero(t["tier"] == "train")
         rows = rows[np.argsort(t["source_index"][rows])][:2]  # 8 train trials x 0.25
-        y = np.concatenate([s.trial(int(t["source_index"][r]))["responses"] for r in rows])
+        trials = [s.trial(int(t["source_index"][r])) for r in rows]
+        y = np.concatenate([trial["responses"] for trial in trials]).astype(np.float64)
         std = s.stats["responses"]["std"]
         scale = 1 / np.maximum(std, pipeline.RESPONSE_STD_FLOOR * std.mean())
-        np.testing.assert_allclose(means[name], y.mean(0) * scale, rtol=1e-5)
+        np.testing.assert_allclose(stats[name]["mean"], y.mean(0) * scale, rtol=1e-5)
         everything = np.concatenate([s.trial(int(t["source_index"][r]))["responses"]
                                      for r in np.flatnonzero(t["tier"] == "train")])
-        assert not np.allclose(means[name], everything.mean(0) * scale, rtol=1e-3)
+        assert not np.allclose(stats[name]["mean"], everything.mean(0) * scale, rtol=1e-3)
+
+        # Reference: ordinary least squares with an intercept on the present channels, by numpy.
+        norm = windows.reader.normalizers[k]
+        x = np.concatenate([norm.behavior(trial["behavior"]) for trial in trials]).astype(np.float64)
+        present = np.flatnonzero(norm.behavior_mask)
+        design = np.column_stack([np.ones(len(x)), x[:, present]])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        residual_std = (y - design @ coef).std(0)
+        expected = np.zeros((y.shape[1], len(pipeline.BEHAVIOR_CHANNELS)))
+        expected[:, present] = (coef[1:] / residual_std).T  # unit-free: the response scale cancels
+        np.testing.assert_allclose(stats[name]["behavior_tuning"], expected, rtol=1e-4, atol=1e-6)
+        assert np.all(stats[name]["behavior_tuning"][:, ~norm.behavior_mask] == 0)
 
 
 def test_readout_bias_puts_the_softplus_head_at_the_mean_rate():

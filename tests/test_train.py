@@ -60,6 +60,32 @@ def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):
     assert not np.allclose(first.model.response_head.kernel[...], trained.model.response_head.kernel[...])
 
 
+def test_fresh_run_starts_embeddings_at_each_neurons_behavior_tuning(store, tmp_path):
+    """neuron_embed_init="behavior_tuning" (the test size's): after one step (lr <= 3e-3), each session's rows start
+    at the pipeline's behavior tuning scaled to unit RMS per channel over the session's neurons; the rest of each row
+    at the random init."""
+    from omnimouse_jax.data import pipeline
+    from omnimouse_jax.data.layout import SessionLayout
+    from omnimouse_jax.data.store import open_store
+    from omnimouse_jax.train.restore import load_trained
+
+    config = _config(store, **{"train.steps": 1, "checkpoint.every_steps": 1})
+    train(config, tmp_path / "run")
+    trained = load_trained(tmp_path / "run")
+    table = np.asarray(trained.model.identity.neuron_table[...])
+    layout = SessionLayout.from_store(open_store(store), "all")
+    windows = pipeline.TrainWindows(open_store(store), layout, block=config.model.num_samples,
+                                    max_neurons=config.model.max_neurons, global_batch=config.train.batch_size,
+                                    seed=config.seed)
+    c = len(pipeline.BEHAVIOR_CHANNELS)
+    for k, (name, stats) in enumerate(windows.neuron_statistics().items()):
+        rows = slice(layout.row_offsets[k], layout.row_offsets[k] + layout.n_neurons[k])
+        tuning = stats["behavior_tuning"]
+        expected = tuning / np.sqrt((tuning**2).mean(0))
+        np.testing.assert_allclose(table[rows, :c], expected, atol=0.01)
+        assert np.abs(table[rows, c:]).max() < 0.15  # N(0, 0.02) rows, moved by one step
+
+
 def test_training_mix_choices(store):
     from omnimouse_jax.errors import UserError
     from omnimouse_jax.train.session import training_mix

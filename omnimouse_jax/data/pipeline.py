@@ -101,6 +101,51 @@ class _Normalizer:
         return np.asarray(scaled) / self.response_scale[np.asarray(neuron_local_index)]
 
 
+class _CrossMoments:
+    """Streaming per-neuron response moments and their regression on the behavior channels over trials. NaN response
+    samples are skipped per neuron (the normalizer reads NaN behavior as the channel mean)."""
+
+    def __init__(self, n_neurons: int, n_channels: int):
+        c = n_channels
+        self.n = np.zeros(n_neurons)
+        self.sum_y = np.zeros(n_neurons)
+        self.sum_yy = np.zeros(n_neurons)
+        self.sum_x = np.zeros((n_neurons, c))
+        self.sum_xx = np.zeros((n_neurons, c, c))
+        self.sum_xy = np.zeros((n_neurons, c))
+
+    def update(self, y_TxN: np.ndarray, x_TxC: np.ndarray) -> None:
+        ok = np.isfinite(y_TxN)
+        y = np.where(ok, y_TxN, 0.0)
+        w = ok.astype(np.float64)
+        c = x_TxC.shape[1]
+        self.n += w.sum(0)
+        self.sum_y += y.sum(0)
+        self.sum_yy += (y * y).sum(0)
+        self.sum_x += w.T @ x_TxC
+        self.sum_xx += (w.T @ (x_TxC[:, :, None] * x_TxC[:, None, :]).reshape(-1, c * c)).reshape(-1, c, c)
+        self.sum_xy += y.T @ x_TxC
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-neuron mean (N,) and behavior tuning (N, C): the coefficients of a least-squares regression of the
+        response on all channels jointly, in units of the residual std (a channel's effect over the response's
+        unexplained noise; 0 for absent or constant channels and for neurons without variance)."""
+        n = np.maximum(self.n, 1.0)
+        mean_y = self.sum_y / n
+        mean_x = self.sum_x / n[:, None]
+        cov_xx = self.sum_xx / n[:, None, None] - mean_x[:, :, None] * mean_x[:, None, :]
+        cov_xy = self.sum_xy / n[:, None] - mean_y[:, None] * mean_x
+        var_y = np.maximum(self.sum_yy / n - mean_y**2, 0.0)
+        # A tiny ridge keeps absent (all-zero) channels from making the system singular; their coefficients stay 0.
+        ridge = 1e-12 * np.maximum(np.trace(cov_xx, axis1=1, axis2=2), 1e-12)[:, None, None] * np.eye(cov_xx.shape[1])
+        coef = np.linalg.solve(cov_xx + ridge, cov_xy[:, :, None])[:, :, 0]
+        residual = np.maximum(var_y - (coef * cov_xy).sum(1), 0.0)
+        scale = np.sqrt(residual)
+        tuning = np.where(scale[:, None] > 1e-9 * np.sqrt(var_y + 1e-30)[:, None],
+                          coef / np.where(scale > 0, scale, 1.0)[:, None], 0.0)
+        return mean_y, tuning
+
+
 class _Reader:
     """Reads and assembles examples; shared by the training and evaluation datasets."""
 
@@ -201,25 +246,27 @@ class TrainWindows:
         weights = totals if weighting == "proportional" else np.ones_like(totals)
         self.session_probs = weights / weights.sum()
 
-    def mean_scaled_responses(self, max_trials: int = 16) -> dict[str, np.ndarray]:
-        """{session: (n_neurons,) mean response in the model's units}, estimated from up to `max_trials` of the
-        session's training trials: only those this run may train on, so a data-size sweep's small runs learn nothing
-        from data they exclude. Initializes the readout biases."""
+    def neuron_statistics(self, max_trials: int = 64) -> dict[str, dict[str, np.ndarray]]:
+        """{session: {"mean": (n_neurons,) mean response in the model's units, "behavior_tuning":
+        (n_neurons, C) each neuron's regression on BEHAVIOR_CHANNELS (see _CrossMoments.result)}}, estimated from up to `max_trials` of the session's training trials: only those this
+        run may train on, so a data-size sweep's small runs learn nothing from data they exclude. Initializes the
+        readout biases and, optionally, the neuron embeddings."""
         rng = np.random.default_rng([self.seed, 0x6D65616E])
-        means = {}
+        stats = {}
         for name, session, norm, windows in zip(self.reader.layout.names, self.reader.sessions,
                                                 self.reader.normalizers, self.windows):
             t = session.trials
             rows = windows.trial_rows[rng.permutation(len(windows.trial_rows))[:max_trials]]
-            futures = [session.read_async(int(t["start"][r]), int(t["stop"][r]), ("responses",)) for r in rows]
-            total = np.zeros(session.n_neurons, np.float64)
-            count = np.zeros(session.n_neurons, np.float64)
+            futures = [session.read_async(int(t["start"][r]), int(t["stop"][r]), ("responses", "behavior"))
+                       for r in rows]
+            moments = _CrossMoments(session.n_neurons, len(BEHAVIOR_CHANNELS))
             for future in futures:
-                y = future["responses"].result().astype(np.float64)
-                total += np.nansum(y, axis=0)
-                count += np.isfinite(y).sum(axis=0)
-            means[name] = (total / np.maximum(count, 1) * norm.response_scale).astype(np.float32)
-        return means
+                moments.update(future["responses"].result().astype(np.float64),
+                               norm.behavior(future["behavior"].result()).astype(np.float64))
+            mean, tuning = moments.result()
+            stats[name] = {"mean": (mean * norm.response_scale).astype(np.float32),
+                           "behavior_tuning": tuning.astype(np.float32)}
+        return stats
 
     @property
     def num_windows(self) -> int:

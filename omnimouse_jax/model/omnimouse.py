@@ -9,8 +9,9 @@ Flow for a block of T samples split into W = T / latent_window time bins:
   backbone  self-attention over [bin latents + bin video tokens] and [global latents + behavior tokens]; local
             layers see neighbouring bins (+ all global tokens), global layers see everything, in a
             local:global ratio. RoPE on time in seconds, RMSNorm pre-norm, QK-norm, SiLU-gated FFN.
-  decoder   one cross-attention block from queries per (neuron, output step) and per behavior channel to the
-            latents and global tokens; a linear head to the step's samples plus a per-neuron bias, Softplus(beta).
+  decoder   one cross-attention block from queries per (neuron, output step) and per (behavior channel, output
+            step) to the latents and global tokens; linear heads to the step's samples (responses: plus a per-neuron
+            bias, Softplus(beta)). A step's query carries the step's time, so behavior is read out as a time course.
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -33,6 +34,10 @@ from omnimouse_jax.model.video import VideoEncoder, video_geometry
 from omnimouse_jax.train.sharding import constrain, partitioned
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BEHAVIOR_READOUTS = ("per_step", "per_channel")
+# random: N(0, 0.02) rows; behavior_tuning: the first C dimensions start at each neuron's regression on the behavior
+# channels (TrainingSession._init_from_data), the rest random.
+NEURON_EMBED_INITS = ("random", "behavior_tuning")
 _INIT = nnx.initializers.normal(0.02)
 
 
@@ -43,6 +48,10 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.model.{msg}")
 
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+    need(cfg.get("behavior_readout", "per_channel") in BEHAVIOR_READOUTS,
+         f"behavior_readout={cfg.get('behavior_readout')!r}: expected one of {list(BEHAVIOR_READOUTS)}")
+    need(cfg.get("neuron_embed_init", "random") in NEURON_EMBED_INITS,
+         f"neuron_embed_init={cfg.get('neuron_embed_init')!r}: expected one of {list(NEURON_EMBED_INITS)}")
     for field in ("num_neuron_rows", "num_sessions", "num_animals", "max_neurons", "num_samples", "d_model",
                   "num_heads", "num_layers", "latents_per_bin", "num_global_latents", "d_neuron_embed"):
         need(int(cfg[field]) >= 1, f"{field}={cfg[field]} must be at least 1")
@@ -127,6 +136,12 @@ class OmniMouse(nnx.Module):
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
                                        dtype=dtype, rngs=rngs)
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
+        # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
+        # signed, neuron-specific sums of responses (a decoder's weights) directly. Zero at init.
+        self.response_gain = nnx.Linear(
+            cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
+            rngs=rngs) if cfg.get("response_gain", False) else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
@@ -165,9 +180,12 @@ class OmniMouse(nnx.Module):
         self.response_head = nnx.Linear(d, cfg.readout_step, dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", None),
                                         bias_init=partitioned(nnx.initializers.zeros_init(), None), rngs=rngs)
+        # Behavior readout: "per_step" has one query per (channel, readout step), each mapped to its step's
+        # samples; "per_channel" (the paper's code) one query per channel, mapped to the channel's whole trace.
+        self.behavior_per_step = cfg.get("behavior_readout", "per_channel") == "per_step"
         head_init = nnx.initializers.lecun_normal(in_axis=1, out_axis=2)
-        self.behavior_head = nnx.Param(partitioned(head_init, "channels", "embed", "samples")(
-            key(), (cfg.behavior_channels, d, t)))
+        self.behavior_head = nnx.Param(partitioned(head_init, "channels", "embed", None)(
+            key(), (cfg.behavior_channels, d, cfg.readout_step if self.behavior_per_step else t)))
         self.behavior_head_bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "channels", "samples")(
             key(), (cfg.behavior_channels, t)))
 
@@ -194,11 +212,15 @@ class OmniMouse(nnx.Module):
         responses = jnp.asarray(batch["responses"], jnp.float32)
         b, t, n = responses.shape
         neuron_mask = jnp.asarray(batch["neuron_mask"], bool)
-        ident_BxNxD = self.identity(batch["neuron_index"], batch["session_index"], batch["animal_index"])
+        emb_BxNxE = self.identity.embed(batch["neuron_index"], batch["session_index"], batch["animal_index"])
+        ident_BxNxD = constrain(self.identity.project(emb_BxNxE), ("batch", "neurons", "embed"))
 
         # Response tokens; a token is a key only if its neuron is real and some sample under it is visible.
         visible_BxTxN = masks.response_visible & neuron_mask[:, None, :]
-        tok_BxKxNxD = self.response_tokens(responses, visible_BxTxN) + ident_BxNxD[:, None]
+        tok_BxKxNxD = self.response_tokens(responses, visible_BxTxN)
+        if self.response_gain is not None:
+            tok_BxKxNxD = tok_BxKxNxD * (1.0 + self.response_gain(emb_BxNxE)[:, None])
+        tok_BxKxNxD = tok_BxKxNxD + ident_BxNxD[:, None]
         window = jnp.asarray(np.arange(t)[None, :] - cfg.response_stride * np.arange(tok_BxKxNxD.shape[1])[:, None])
         under_KxT = (window >= 0) & (window < cfg.response_window)
         tok_valid_BxKxN = jnp.einsum("kt,btn->bkn", under_KxT.astype(jnp.float32),
@@ -257,16 +279,22 @@ class OmniMouse(nnx.Module):
         keys = jnp.concatenate([x_bin[:, :, : cfg.latents_per_bin].reshape(b, -1, d), x_glob], axis=1)
         keys_t = np.concatenate([lay.latent_times.reshape(-1), t_glob])
         q_resp = (ident_BxNxD[:, :, None] + self.step_queries[...]).reshape(b, n * self.num_steps, d)
-        q_beh = jnp.broadcast_to(self.behavior_queries[...], (b, cfg.behavior_channels, d))
-        q = jnp.concatenate([q_resp, q_beh], axis=1)
-        q_t = np.concatenate([np.tile(lay.step_times, n), np.zeros(cfg.behavior_channels)])
+        c = cfg.behavior_channels
+        if self.behavior_per_step:
+            q_beh = (self.behavior_queries[...][:, None] + self.step_queries[...]).reshape(-1, d)
+            q_beh_t = np.tile(lay.step_times, c)
+        else:
+            q_beh, q_beh_t = self.behavior_queries[...], np.zeros(c)
+        q = jnp.concatenate([q_resp, jnp.broadcast_to(q_beh, (b,) + q_beh.shape)], axis=1)
+        q_t = np.concatenate([np.tile(lay.step_times, n), q_beh_t])
         out = self.out_norm(self.decoder(q, q_t, kv=keys, t_kv_s=keys_t, deterministic=deterministic))
         out_resp = out[:, : n * self.num_steps].reshape(b, n, self.num_steps, d)
         samples_BxNxT = self.response_head(out_resp).reshape(b, n, t).astype(jnp.float32)
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
         rates = jax.nn.softplus(beta * samples_BxNxT) / beta
-        behavior = jnp.einsum("bcd,cdt->btc", out[:, n * self.num_steps :].astype(jnp.float32), self.behavior_head[...])
+        out_beh = out[:, n * self.num_steps :].reshape(b, c, -1, d).astype(jnp.float32)  # (B, C, S or 1, D)
+        behavior = jnp.einsum("bcsd,cdk->bskc", out_beh, self.behavior_head[...]).reshape(b, t, c)
         behavior = behavior + self.behavior_head_bias[...].T
         return {"rates": constrain(rates.transpose(0, 2, 1), ("batch", "length", "neurons")), "behavior": behavior}
 

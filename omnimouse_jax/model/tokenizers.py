@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omnimouse_jax.train.sharding import constrain, partitioned, take_rows
+from omnimouse_jax.train.sharding import partitioned, take_rows
 
 _TABLE_INIT = nnx.initializers.normal(0.02)
 
@@ -34,12 +34,11 @@ class NeuronIdentity(nnx.Module):
                                   kernel_init=partitioned(nnx.initializers.lecun_normal(), "neuron_embed", "embed"),
                                   bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
 
-    def __call__(self, neuron_index_BxN, session_index_B, animal_index_B) -> jax.Array:
-        """(B, N, d_model): projection of neuron + session + animal embeddings."""
+    def embed(self, neuron_index_BxN, session_index_B, animal_index_B) -> jax.Array:
+        """(B, N, d_embed): neuron + session + animal embeddings."""
         rows = take_rows(self.neuron_table[...], neuron_index_BxN, "neuron_rows")
-        emb = (rows + jnp.take(self.session_table[...], session_index_B, axis=0)[:, None]
-               + jnp.take(self.animal_table[...], animal_index_B, axis=0)[:, None])
-        return constrain(self.project(emb), ("batch", "neurons", "embed"))
+        return (rows + jnp.take(self.session_table[...], session_index_B, axis=0)[:, None]
+                + jnp.take(self.animal_table[...], animal_index_B, axis=0)[:, None])
 
     def bias(self, neuron_index_BxN) -> jax.Array:
         return take_rows(self.neuron_bias[...], neuron_index_BxN, "neuron_rows")
@@ -58,6 +57,18 @@ class NeuronIdentity(nnx.Module):
             raise ValueError(f"set_mean_rates: rows [{start_row}, {stop}) outside the table's {old.shape[0]} rows")
         new = old.at[start_row:stop].set(jnp.asarray(bias, old.dtype))
         self.neuron_bias.set_value(jax.device_put(new, old.sharding))
+
+    def set_leading_dims(self, values_RxC: np.ndarray, start_row: int = 0) -> None:
+        """Sets the first C embedding dimensions of rows [start_row, start_row + R) to `values_RxC`; the other
+        dimensions keep their random initialization."""
+        values = np.asarray(values_RxC, np.float32)
+        old = self.neuron_table[...]
+        stop = start_row + values.shape[0]
+        if stop > old.shape[0] or values.shape[1] > old.shape[1]:
+            raise ValueError(f"set_leading_dims: {values.shape} at row {start_row} does not fit the table "
+                             f"{tuple(old.shape)}")
+        new = old.at[start_row:stop, : values.shape[1]].set(jnp.asarray(values, old.dtype))
+        self.neuron_table.set_value(jax.device_put(new, old.sharding))
 
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""

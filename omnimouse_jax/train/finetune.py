@@ -100,8 +100,8 @@ class MappedWindows:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def mean_scaled_responses(self) -> dict:
-        return self.windows.mean_scaled_responses()
+    def neuron_statistics(self) -> dict:
+        return self.windows.neuron_statistics()
 
     def __call__(self, batch_index: int) -> dict:
         return self.view.apply(self.windows(batch_index))

@@ -252,7 +252,7 @@ class TrainingSession:
         self.tx, self.schedules = self._make_optimizer()
         with sharding.use_rules(self.mesh):
             model, optimizer = self._init_model_and_optimizer()
-        self._init_readout_biases(model)
+        self._init_from_data(model)
         self.param_counts = count_parameters(model)
         self.graphdef, self.state = nnx.split((model, optimizer))
         self.batch_sharding = sharding.batch_sharding(self.mesh)
@@ -272,13 +272,19 @@ class TrainingSession:
     def _make_optimizer(self):
         return make_optimizer(self.config.optim, self.total_steps)
 
-    def _init_readout_biases(self, model) -> None:
-        """A fresh run starts each trained session's neurons at their mean rate (a resumed one restores them)."""
+    def _init_from_data(self, model) -> None:
+        """A fresh run starts each trained session's neurons at their mean rate and, with neuron_embed_init =
+        "behavior_tuning", their embeddings' first dimensions at their behavior tuning, each channel scaled to unit
+        RMS over the session's neurons (a resumed run restores both)."""
         if self.checkpointer.latest_step() is not None:
             return
-        for name, mean in self.windows.mean_scaled_responses().items():
+        for name, stats in self.windows.neuron_statistics().items():
             start = self.layout.row_offsets[self.layout.session_index(name)]
-            model.identity.set_mean_rates(mean, self.config.model.softplus_beta, start_row=start)
+            model.identity.set_mean_rates(stats["mean"], self.config.model.softplus_beta, start_row=start)
+            if self.config.model.get("neuron_embed_init", "random") == "behavior_tuning":
+                tuning = stats["behavior_tuning"]
+                rms = np.sqrt(np.mean(tuning**2, axis=0))
+                model.identity.set_leading_dims(tuning / np.where(rms > 0, rms, 1.0), start_row=start)
 
     def _init_model_and_optimizer(self):
         """Model and optimizer created inside one jit, so every parameter is born sharded in a single compile."""
