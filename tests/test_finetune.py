@@ -84,15 +84,28 @@ def test_stage1_trains_only_the_new_rows_and_stage2_the_core(pretrained, finetun
     assert not _equal(after2["identity"]["project"], after1["identity"]["project"])
 
 
-def test_new_rows_move_from_their_initial_values(finetuned):
+def test_new_rows_move_from_their_initial_values(pretrained, finetuned):
     """Stage 1 moved every new row away from its initial value: zero for biases; for embeddings the first draw of
-    the fine-tune seed's params stream, which identity.grow spends on the neuron table."""
+    the fine-tune seed's params stream, which identity.grow spends on the neuron table, with the first 5 columns
+    then set to the new mouse's behavior tuning (the `test` size's neuron_embed_init), from its own training
+    trials."""
+    from omnimouse_jax.data import pipeline
+    from omnimouse_jax.data.store import open_store
+
+    store, _, new, _ = pretrained
     stage1 = load_trained(finetuned, step=2)
     bias = np.asarray(stage1.model.identity.neuron_bias[...])
     assert np.all(bias[64:] != 0)
-    start = nnx.initializers.normal(0.02)(nnx.Rngs(stage1.config.seed).params(), (32, 16))
+    start = np.array(nnx.initializers.normal(0.02)(nnx.Rngs(stage1.config.seed).params(), (32, 16)))
+    cfg = stage1.config
+    windows = pipeline.TrainWindows(open_store(store), SessionLayout.from_store(open_store(store), [new]),
+                                    block=cfg.model.num_samples, max_neurons=cfg.model.max_neurons,
+                                    global_batch=cfg.train.batch_size, seed=cfg.seed)
+    tuning = windows.neuron_statistics()[new]["behavior_tuning"]
+    c = tuning.shape[1]
+    start[:, :c] = tuning / np.sqrt((tuning**2).mean(0))
     table = np.asarray(stage1.model.identity.neuron_table[...])[64:]
-    assert np.all(np.any(table != np.asarray(start), axis=1))
+    assert np.all(np.any(table != start, axis=1))
     assert np.abs(table - start).max() < 0.01  # by two steps of about the rate 3e-3 from that start
 
 
