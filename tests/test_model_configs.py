@@ -80,6 +80,10 @@ def test_bad_config_arguments(arg, match):
     (dict(response_window=61), r"config\.model\.response_window=61 must be within the block"),
     (dict(dtype="float16"), r"config\.model\.dtype='float16'"),
     (dict(local_global_ratio=(1, 0)), r"config\.model\.local_global_ratio=\(1, 0\)"),
+    (dict(behavior_readout="per_sample"), r"config\.model\.behavior_readout='per_sample': expected one of"),
+    (dict(neuron_embed_init="pca"), r"config\.model\.neuron_embed_init='pca': expected one of"),
+    (dict(d_neuron_embed=4), r"config\.model\.neuron_embed_init='behavior_tuning' writes 5 tunings .* "
+                             r"d_neuron_embed=4 must be at least behavior_channels=5"),
 ])
 def test_inconsistent_model_settings_fail_at_config_time(changes, match):
     cfg = configs.get_config("size=test").model

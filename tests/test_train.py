@@ -78,7 +78,7 @@ def test_fresh_run_starts_embeddings_at_each_neurons_behavior_tuning(store, tmp_
                                     max_neurons=config.model.max_neurons, global_batch=config.train.batch_size,
                                     seed=config.seed)
     c = len(pipeline.BEHAVIOR_CHANNELS)
-    for k, (name, stats) in enumerate(windows.neuron_statistics().items()):
+    for k, (name, stats) in enumerate(windows.neuron_statistics(pipeline.TUNING_TRIALS).items()):
         rows = slice(layout.row_offsets[k], layout.row_offsets[k] + layout.n_neurons[k])
         tuning = stats["behavior_tuning"]
         expected = tuning / np.sqrt((tuning**2).mean(0))

@@ -52,6 +52,9 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"behavior_readout={cfg.get('behavior_readout')!r}: expected one of {list(BEHAVIOR_READOUTS)}")
     need(cfg.get("neuron_embed_init", "random") in NEURON_EMBED_INITS,
          f"neuron_embed_init={cfg.get('neuron_embed_init')!r}: expected one of {list(NEURON_EMBED_INITS)}")
+    need(cfg.get("neuron_embed_init", "random") != "behavior_tuning" or cfg.d_neuron_embed >= cfg.behavior_channels,
+         f"neuron_embed_init='behavior_tuning' writes {cfg.behavior_channels} tunings into each embedding: "
+         f"d_neuron_embed={cfg.d_neuron_embed} must be at least behavior_channels={cfg.behavior_channels}")
     for field in ("num_neuron_rows", "num_sessions", "num_animals", "max_neurons", "num_samples", "d_model",
                   "num_heads", "num_layers", "latents_per_bin", "num_global_latents", "d_neuron_embed"):
         need(int(cfg[field]) >= 1, f"{field}={cfg[field]} must be at least 1")

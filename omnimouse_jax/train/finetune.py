@@ -100,8 +100,8 @@ class MappedWindows:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def neuron_statistics(self) -> dict:
-        return self.windows.neuron_statistics()
+    def neuron_statistics(self, max_trials: int) -> dict:
+        return self.windows.neuron_statistics(max_trials)
 
     def __call__(self, batch_index: int) -> dict:
         return self.view.apply(self.windows(batch_index))

@@ -278,10 +278,12 @@ class TrainingSession:
         RMS over the session's neurons (a resumed run restores both)."""
         if self.checkpointer.latest_step() is not None:
             return
-        for name, stats in self.windows.neuron_statistics().items():
+        tuning_init = self.config.model.get("neuron_embed_init", "random") == "behavior_tuning"
+        trials = pipeline.TUNING_TRIALS if tuning_init else pipeline.MEAN_TRIALS
+        for name, stats in self.windows.neuron_statistics(max_trials=trials).items():
             start = self.layout.row_offsets[self.layout.session_index(name)]
             model.identity.set_mean_rates(stats["mean"], self.config.model.softplus_beta, start_row=start)
-            if self.config.model.get("neuron_embed_init", "random") == "behavior_tuning":
+            if tuning_init:
                 tuning = stats["behavior_tuning"]
                 rms = np.sqrt(np.mean(tuning**2, axis=0))
                 model.identity.set_leading_dims(tuning / np.where(rms > 0, rms, 1.0), start_row=start)
