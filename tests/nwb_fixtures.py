@@ -37,7 +37,7 @@ def make_nwb(path, *, seed: int = 0, trials: str = "trials", stimulus: str = "im
     from pynwb.behavior import EyeTracking, PupilTracking, SpatialSeries
     from pynwb.file import Subject
     from pynwb.image import GrayscaleImage, ImageSeries, IndexSeries, OpticalSeries, RGBImage
-    from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
+    from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel
 
     rng = np.random.default_rng(seed)
     nwb = NWBFile(session_description="test session", identifier=f"test-{seed}",

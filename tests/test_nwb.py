@@ -215,7 +215,7 @@ def test_bad_file_exits_2_naming_it_and_writes_nothing(tmp_path, capsys, case):
     # The good file comes first, yet every file is checked before anything is written.
     assert _import(tmp_path / "good.nwb", tmp_path / "bad.nwb", "--out", tmp_path / "store") == 2
     err = capsys.readouterr().err
-    assert err.startswith("omnimouse: error:") and f"bad.nwb: " in err and message in err, err
+    assert err.startswith("omnimouse: error:") and "bad.nwb: " in err and message in err, err
     assert not (tmp_path / "store").exists()
 
 

@@ -2,7 +2,6 @@
 restore point on equal an uninterrupted run's, and nothing already saved is lost."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
