@@ -1,7 +1,8 @@
 """The OmniMouse model: a POYO-style Perceiver with rotary time over neurons, video and behavior.
 
 Flow for a block of T samples split into W = T / latent_window time bins:
-  tokens    per-neuron conv tokens (+ neuron/session/animal embedding), one token per behavior channel, and video
+  tokens    per-neuron conv tokens (with response_gain, scaled by 1 + a linear map of the neuron's embedding)
+            + neuron/session/animal embedding, one token per behavior channel, and video
             tokens from the Hiera-like encoder; every hidden input is multiplied by zero before use and replaced by
             its modality's missing embedding (video, behavior) or dropped as a key (responses).
   encoder   one cross-attention block: each bin's latents read the response tokens of their bin; global latents
@@ -12,6 +13,8 @@ Flow for a block of T samples split into W = T / latent_window time bins:
   decoder   one cross-attention block from queries per (neuron, output step) and per (behavior channel, output
             step) to the latents and global tokens; linear heads to the step's samples (responses: plus a per-neuron
             bias, Softplus(beta)). A step's query carries the step's time, so behavior is read out as a time course.
+            (behavior_readout="per_channel", the paper's code: one query per channel at time 0, read out as the
+            channel's whole trace.)
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -278,7 +281,7 @@ class OmniMouse(nnx.Module):
             x_bin, x_glob = self._mix(layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
                                       deterministic)
 
-        # Decoder: queries per (neuron, step) and per behavior channel read latents and global tokens.
+        # Decoder: queries per (neuron, step) and per behavior channel (and step, if per_step) read latents and globals.
         keys = jnp.concatenate([x_bin[:, :, : cfg.latents_per_bin].reshape(b, -1, d), x_glob], axis=1)
         keys_t = np.concatenate([lay.latent_times.reshape(-1), t_glob])
         q_resp = (ident_BxNxD[:, :, None] + self.step_queries[...]).reshape(b, n * self.num_steps, d)
