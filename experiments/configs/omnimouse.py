@@ -62,7 +62,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     model = _paper_model("1M")
     model.dtype = "float32"
     # Time-resolved behavior queries, neuron-specific response gains and embeddings that start at each neuron's
-    # behavior tuning (omnimouse_jax/model/omnimouse.py). On 3 digital mice after tiny's 300 steps, mean of seeds 0-2:
+    # behavior tuning (omnimouse_jax/model/omnimouse.py). On 3 digital mice after tiny's 300 steps, seeds 0-3:
     # see docs/evaluation.md ("Readout and initialization"); not yet validated at the paper's sizes.
     model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning")
     if size == "tiny":
