@@ -123,3 +123,20 @@ def test_tiny_runs_forward_on_cpu():
     out = jax.device_get(nnx.jit(lambda m: m(data, masks))(OmniMouse(cfg, rngs=nnx.Rngs(0))))
     assert np.isfinite(out["rates"]).all() and (out["rates"] >= 0).all()
     assert np.isfinite(out["behavior"]).all()
+
+
+def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
+    """A checkpoint's config written before behavior_readout / response_gain / neuron_embed_init existed loads with
+    the values its model had (the paper code's readout, no gains, random embeddings); present values are kept."""
+    from omnimouse_jax.train.restore import config_from_json
+
+    old = configs.get_config("size=test").to_dict()
+    for key in ("behavior_readout", "response_gain", "neuron_embed_init"):
+        del old["model"][key]
+    loaded = config_from_json(old).model
+    assert (loaded.behavior_readout, loaded.response_gain, loaded.neuron_embed_init) == ("per_channel", False, "random")
+    assert loaded.frame_shape == tuple(old["model"]["frame_shape"])
+    current = config_from_json(configs.get_config("size=test").to_dict()).model
+    assert (current.behavior_readout, current.response_gain) == ("per_step", True)
+    model = OmniMouse(loaded, rngs=nnx.Rngs(0))
+    assert model.behavior_head.shape[-1] == loaded.num_samples and model.response_gain is None

@@ -41,6 +41,9 @@ BEHAVIOR_READOUTS = ("per_step", "per_channel")
 # random: N(0, 0.02) rows; behavior_tuning: the first C dimensions start at each neuron's regression on the behavior
 # channels (TrainingSession._init_from_data), the rest random.
 NEURON_EMBED_INITS = ("random", "behavior_tuning")
+# Model options added after checkpoints were first written, with the values that rebuild those checkpoints' models
+# (restore.config_from_json fills them into a saved config that lacks them).
+ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random"}
 _INIT = nnx.initializers.normal(0.02)
 
 
@@ -51,11 +54,11 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.model.{msg}")
 
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
-    need(cfg.get("behavior_readout", "per_channel") in BEHAVIOR_READOUTS,
-         f"behavior_readout={cfg.get('behavior_readout')!r}: expected one of {list(BEHAVIOR_READOUTS)}")
-    need(cfg.get("neuron_embed_init", "random") in NEURON_EMBED_INITS,
-         f"neuron_embed_init={cfg.get('neuron_embed_init')!r}: expected one of {list(NEURON_EMBED_INITS)}")
-    need(cfg.get("neuron_embed_init", "random") != "behavior_tuning" or cfg.d_neuron_embed >= cfg.behavior_channels,
+    need(cfg.behavior_readout in BEHAVIOR_READOUTS,
+         f"behavior_readout={cfg.behavior_readout!r}: expected one of {list(BEHAVIOR_READOUTS)}")
+    need(cfg.neuron_embed_init in NEURON_EMBED_INITS,
+         f"neuron_embed_init={cfg.neuron_embed_init!r}: expected one of {list(NEURON_EMBED_INITS)}")
+    need(cfg.neuron_embed_init != "behavior_tuning" or cfg.d_neuron_embed >= cfg.behavior_channels,
          f"neuron_embed_init='behavior_tuning' writes {cfg.behavior_channels} tunings into each embedding: "
          f"d_neuron_embed={cfg.d_neuron_embed} must be at least behavior_channels={cfg.behavior_channels}")
     for field in ("num_neuron_rows", "num_sessions", "num_animals", "max_neurons", "num_samples", "d_model",
@@ -147,7 +150,7 @@ class OmniMouse(nnx.Module):
         self.response_gain = nnx.Linear(
             cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
-            rngs=rngs) if cfg.get("response_gain", False) else None
+            rngs=rngs) if cfg.response_gain else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
@@ -188,7 +191,7 @@ class OmniMouse(nnx.Module):
                                         bias_init=partitioned(nnx.initializers.zeros_init(), None), rngs=rngs)
         # Behavior readout: "per_step" has one query per (channel, readout step), each mapped to its step's
         # samples; "per_channel" (the paper's code) one query per channel, mapped to the channel's whole trace.
-        self.behavior_per_step = cfg.get("behavior_readout", "per_channel") == "per_step"
+        self.behavior_per_step = cfg.behavior_readout == "per_step"
         head_init = nnx.initializers.lecun_normal(in_axis=1, out_axis=2)
         self.behavior_head = nnx.Param(partitioned(head_init, "channels", "embed", None)(
             key(), (cfg.behavior_channels, d, cfg.readout_step if self.behavior_per_step else t)))

@@ -16,6 +16,12 @@ from omnimouse_jax.train.sharding import partitioned, take_rows
 _TABLE_INIT = nnx.initializers.normal(0.02)
 
 
+def _write_block(param: nnx.Param, index, values) -> None:
+    """param[index] = values, keeping the parameter's dtype and sharding."""
+    old = param[...]
+    param.set_value(jax.device_put(old.at[index].set(jnp.asarray(values, old.dtype)), old.sharding))
+
+
 class NeuronIdentity(nnx.Module):
     """Per-session parameters: neuron embeddings and biases, session and animal embeddings."""
 
@@ -51,24 +57,20 @@ class NeuronIdentity(nnx.Module):
         rates = np.maximum(np.asarray(rates_R, np.float64), 1e-3)  # silent neurons: a small positive rate
         # Inverse of softplus(beta x) / beta, written to stay finite for large rates.
         bias = (beta * rates + np.log(-np.expm1(-beta * rates))) / beta
-        old = self.neuron_bias[...]
         stop = start_row + len(bias)
-        if stop > old.shape[0]:
-            raise ValueError(f"set_mean_rates: rows [{start_row}, {stop}) outside the table's {old.shape[0]} rows")
-        new = old.at[start_row:stop].set(jnp.asarray(bias, old.dtype))
-        self.neuron_bias.set_value(jax.device_put(new, old.sharding))
+        if stop > self.neuron_bias.shape[0]:
+            raise ValueError(f"set_mean_rates: rows [{start_row}, {stop}) outside the table's "
+                             f"{self.neuron_bias.shape[0]} rows")
+        _write_block(self.neuron_bias, np.s_[start_row:stop], bias)
 
     def set_leading_dims(self, values_RxC: np.ndarray, start_row: int = 0) -> None:
         """Sets the first C embedding dimensions of rows [start_row, start_row + R) to `values_RxC`; the other
         dimensions keep their random initialization."""
-        values = np.asarray(values_RxC, np.float32)
-        old = self.neuron_table[...]
-        stop = start_row + values.shape[0]
-        if stop > old.shape[0] or values.shape[1] > old.shape[1]:
-            raise ValueError(f"set_leading_dims: {values.shape} at row {start_row} does not fit the table "
-                             f"{tuple(old.shape)}")
-        new = old.at[start_row:stop, : values.shape[1]].set(jnp.asarray(values, old.dtype))
-        self.neuron_table.set_value(jax.device_put(new, old.sharding))
+        rows, dims = np.shape(values_RxC)
+        if start_row + rows > self.neuron_table.shape[0] or dims > self.neuron_table.shape[1]:
+            raise ValueError(f"set_leading_dims: {(rows, dims)} at row {start_row} does not fit the table "
+                             f"{tuple(self.neuron_table.shape)}")
+        _write_block(self.neuron_table, np.s_[start_row:start_row + rows, :dims], values_RxC)
 
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""

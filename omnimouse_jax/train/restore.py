@@ -14,7 +14,10 @@ from omnimouse_jax.errors import UserError
 
 
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
-    """A ConfigDict from the JSON saved with a checkpoint (JSON lists become the tuples the config code uses)."""
+    """A ConfigDict from the JSON saved with a checkpoint (JSON lists become the tuples the config code uses); model
+    options newer than the checkpoint get the values its model was built with."""
+    from omnimouse_jax.model.omnimouse import ADDED_OPTIONS
+
     def convert(value):
         if isinstance(value, dict):
             return {k: convert(v) for k, v in value.items()}
@@ -22,7 +25,10 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
             return tuple(convert(v) for v in value)
         return value
 
-    return ml_collections.ConfigDict(convert(data))
+    config = convert(data)
+    if "model" in config:
+        config["model"] = {**ADDED_OPTIONS, **config["model"]}
+    return ml_collections.ConfigDict(config)
 
 
 @dataclasses.dataclass

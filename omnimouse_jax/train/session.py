@@ -278,7 +278,7 @@ class TrainingSession:
         RMS over the session's neurons (a resumed run restores both)."""
         if self.checkpointer.latest_step() is not None:
             return
-        tuning_init = self.config.model.get("neuron_embed_init", "random") == "behavior_tuning"
+        tuning_init = self.config.model.neuron_embed_init == "behavior_tuning"
         trials = pipeline.TUNING_TRIALS if tuning_init else pipeline.MEAN_TRIALS
         for name, stats in self.windows.neuron_statistics(max_trials=trials).items():
             start = self.layout.row_offsets[self.layout.session_index(name)]
