@@ -281,6 +281,43 @@ def test_response_gain_scales_each_neurons_tokens_by_its_embedding():
     assert np.abs(behavior_after(other) - base).max() > 1e-3
 
 
+def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
+    """The population decoder adds, at each sample, sqrt(max_neurons) x the mean over visible neurons of
+    (response - offset) x embedding, times its kernel, to the behavior (numpy reference); a hidden response changes
+    nothing, so no regime can read what it must predict."""
+    batch = make_batch(CFG, seed=21)
+    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    edited = nnx.clone(model)
+    rng = np.random.default_rng(22)
+    offsets = rng.normal(size=edited.identity.neuron_offset.shape).astype(np.float32)
+    edited.identity.neuron_offset.set_value(jnp.asarray(offsets))
+    kernel = rng.normal(size=edited.population_decoder.kernel.shape).astype(np.float32)
+    edited.population_decoder.kernel.set_value(jnp.asarray(kernel))
+    zeroed = nnx.clone(edited)
+    zeroed.population_decoder.kernel.set_value(jnp.zeros_like(zeroed.population_decoder.kernel[...]))
+
+    identity = edited.identity
+    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
+           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
+           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    assert visible.any() and not visible.all()
+    deviation = np.where(visible, batch["responses"] - offsets[batch["neuron_index"]][:, None], 0.0)
+    pooled = np.einsum("btn,bne->bte", deviation, emb) / np.maximum(visible.sum(-1, keepdims=True), 1)
+    expected = pooled * np.sqrt(CFG.max_neurons) @ kernel
+
+    def behavior(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"])
+
+    np.testing.assert_allclose(behavior(edited, batch["responses"]) - behavior(zeroed, batch["responses"]), expected,
+                               rtol=1e-4, atol=1e-4)
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
+
+
 def test_behavior_readout_is_time_resolved(model):
     """`per_step` (the test size's readout) decodes behavior with one query per (channel, readout step) and maps each
     step's output to that step's samples, so changing one step's query changes that step's behavior and no other;

@@ -41,9 +41,10 @@ def test_every_size_traces_and_counts(size):
     model = nnx.eval_shape(lambda: OmniMouse(cfg, rngs=nnx.Rngs(0)))
     counts = count_parameters(model)
     assert counts["total"] == counts["core"] + counts["embedding"]
-    tables = cfg.num_neuron_rows * (cfg.d_neuron_embed + 1) + (cfg.num_sessions + cfg.num_animals) * cfg.d_neuron_embed
+    per_row = cfg.d_neuron_embed + 1 + int(cfg.population_decoder)  # embedding, readout bias, decoder offset
+    tables = cfg.num_neuron_rows * per_row + (cfg.num_sessions + cfg.num_animals) * cfg.d_neuron_embed
     assert counts["embedding"] == tables
-    assert counts["per_neuron"] == cfg.d_neuron_embed + 1
+    assert counts["per_neuron"] == per_row
     assert counts["backbone"] == backbone_closed_form(cfg)
     if size in configs.PAPER_SIZES and size != "1M":  # 1M is documented as the exception (1.57M)
         assert abs(counts["backbone"] / (float(size[:-1]) * 1e6) - 1) < 0.25
@@ -126,17 +127,20 @@ def test_tiny_runs_forward_on_cpu():
 
 
 def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
-    """A checkpoint's config written before behavior_readout / response_gain / neuron_embed_init existed loads with
-    the values its model had (the paper code's readout, no gains, random embeddings); present values are kept."""
+    """A checkpoint's config written before behavior_readout / response_gain / neuron_embed_init /
+    population_decoder existed loads with the values its model had (the paper code's readout, no gains, random
+    embeddings, no population decoder or offsets); present values are kept."""
     from omnimouse_jax.train.restore import config_from_json
 
     old = configs.get_config("size=test").to_dict()
-    for key in ("behavior_readout", "response_gain", "neuron_embed_init"):
+    for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder"):
         del old["model"][key]
     loaded = config_from_json(old).model
-    assert (loaded.behavior_readout, loaded.response_gain, loaded.neuron_embed_init) == ("per_channel", False, "random")
+    assert (loaded.behavior_readout, loaded.response_gain, loaded.neuron_embed_init, loaded.population_decoder) == (
+        "per_channel", False, "random", False)
     assert loaded.frame_shape == tuple(old["model"]["frame_shape"])
     current = config_from_json(configs.get_config("size=test").to_dict()).model
-    assert (current.behavior_readout, current.response_gain) == ("per_step", True)
+    assert (current.behavior_readout, current.response_gain, current.population_decoder) == ("per_step", True, True)
     model = OmniMouse(loaded, rngs=nnx.Rngs(0))
     assert model.behavior_head.shape[-1] == loaded.num_samples and model.response_gain is None
+    assert model.population_decoder is None and model.identity.neuron_offset is None

@@ -199,12 +199,14 @@ def test_readout_bias_puts_the_softplus_head_at_the_mean_rate():
 
     from omnimouse_jax.model.tokenizers import NeuronIdentity
 
-    identity = NeuronIdentity(6, 1, 1, 4, 8, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    identity = NeuronIdentity(6, 1, 1, 4, 8, dtype=jnp.float32, rngs=nnx.Rngs(0), offsets=True)
     rates = np.array([1e-4, 0.05, 0.4, 1.0, 30.0])
     identity.set_mean_rates(rates, beta=0.1, start_row=1)
     bias = np.asarray(identity.neuron_bias[...], np.float64)
     predicted = np.logaddexp(0.0, 0.1 * bias) / 0.1  # softplus(beta b) / beta, the head at a zero readout
     np.testing.assert_allclose(predicted[1:], np.maximum(rates, 1e-3), rtol=1e-4)
     assert bias[0] == 0.0  # rows outside the range are untouched
+    # The population decoder's offsets start at the mean response itself (no floor).
+    np.testing.assert_allclose(np.asarray(identity.neuron_offset[...]), np.r_[0.0, rates], rtol=1e-6)
     with pytest.raises(ValueError, match="outside the table's 6 rows"):
         identity.set_mean_rates(rates, beta=0.1, start_row=2)

@@ -45,7 +45,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         softplus_beta=0.1, dropout=0.0, dtype="bfloat16",
         # The paper's code: a behavior query per channel, neuron tokens = response features + embedding, random
         # embeddings. tiny and test use our readout and initialization instead (see model_config).
-        behavior_readout="per_channel", response_gain=False, neuron_embed_init="random",
+        behavior_readout="per_channel", response_gain=False, neuron_embed_init="random", population_decoder=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,
@@ -64,7 +64,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     # Time-resolved behavior queries, neuron-specific response gains and embeddings that start at each neuron's
     # behavior tuning (omnimouse_jax/model/omnimouse.py). On 3 digital mice after tiny's 300 steps, seeds 0-3:
     # see docs/evaluation.md ("Readout and initialization"); not yet validated at the paper's sizes.
-    model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning")
+    model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning",
+                 population_decoder=True)
     if size == "tiny":
         # 128 neurons per example: a step costs 0.63 s instead of 0.99 s at 256 on 2 cores, and the paper's regimes
         # (64 visible + 64 held out) still fit.

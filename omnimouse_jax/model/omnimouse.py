@@ -15,6 +15,10 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             bias, Softplus(beta)). A step's query carries the step's time, so behavior is read out as a time course.
             (behavior_readout="per_channel", the paper's code: one query per channel at time 0, read out as the
             channel's whole trace.)
+  population decoder (population_decoder=True; not in the paper's code): a linear decoder added to the behavior
+            readout. At each sample it averages the visible neurons' deviations from their offsets, each weighted by
+            the neuron's embedding, and maps that (d_embed,) vector to the channels: a classical linear population
+            decoder whose per-neuron weights are a linear function of the embeddings. Zero at init.
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -43,7 +47,8 @@ BEHAVIOR_READOUTS = ("per_step", "per_channel")
 NEURON_EMBED_INITS = ("random", "behavior_tuning")
 # Model options added after checkpoints were first written, with the values that rebuild those checkpoints' models
 # (restore.config_from_json fills them into a saved config that lacks them).
-ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random"}
+ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random",
+                 "population_decoder": False}
 _INIT = nnx.initializers.normal(0.02)
 
 
@@ -143,7 +148,7 @@ class OmniMouse(nnx.Module):
         step_centres = np.arange(self.num_steps) * cfg.readout_step + (cfg.readout_step - 1) / 2
 
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
-                                       dtype=dtype, rngs=rngs)
+                                       dtype=dtype, rngs=rngs, offsets=cfg.population_decoder)
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
         # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
         # signed, neuron-specific sums of responses (a decoder's weights) directly. Zero at init.
@@ -197,6 +202,13 @@ class OmniMouse(nnx.Module):
             key(), (cfg.behavior_channels, d, cfg.readout_step if self.behavior_per_step else t)))
         self.behavior_head_bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "channels", "samples")(
             key(), (cfg.behavior_channels, t)))
+        # Gradient descent learns a linear readout slowly along low-variance directions of the latents (a weakly
+        # encoded channel such as gaze); in embedding coordinates the decoder's weights are axis-aligned with the
+        # neurons' tunings, which Adam's per-coordinate steps learn quickly (docs/evaluation.md).
+        self.population_decoder = nnx.Linear(
+            cfg.d_neuron_embed, cfg.behavior_channels, use_bias=False, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "channels"),
+            rngs=rngs) if cfg.population_decoder else None
 
     def _check_batch(self, batch) -> None:
         cfg = self.config
@@ -305,7 +317,22 @@ class OmniMouse(nnx.Module):
         out_beh = out[:, n * self.num_steps :].reshape(b, c, -1, d).astype(jnp.float32)  # (B, C, S or 1, D)
         behavior = jnp.einsum("bcsd,cdk->bskc", out_beh, self.behavior_head[...]).reshape(b, t, c)
         behavior = behavior + self.behavior_head_bias[...].T
+        if self.population_decoder is not None:
+            behavior = behavior + self._population_decode(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
         return {"rates": constrain(rates.transpose(0, 2, 1), ("batch", "length", "neurons")), "behavior": behavior}
+
+    def _population_decode(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
+        """(B, T, C): at each sample, the mean over visible neurons of (response - offset) x embedding, mapped to the
+        channels. Samples without a visible neuron give 0, so hidden responses never reach the behavior.
+
+        The mean is scaled by sqrt(max_neurons): responses arrive at unit std, so with a full population each
+        dimension has about unit variance and the decoder's weights are of order one, within reach of Adam's
+        lr-sized steps (unscaled, a weakly tuned channel needs weights of order sqrt(N) / its correlation)."""
+        deviation = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
+        deviation = jnp.where(visible_BxTxN, deviation, 0.0)
+        count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
+        pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
+        return self.population_decoder(pooled_BxTxE * np.sqrt(self.config.max_neurons))
 
     def _mix(self, layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic):
         """One self-attention layer over the binned and global token sets."""
@@ -330,7 +357,7 @@ class OmniMouse(nnx.Module):
 def count_parameters(model: OmniMouse) -> dict[str, int]:
     """Parameter counts: total, core (all but the neuron/session/animal tables), backbone (the self-attention
     stack, the part the paper's size names refer to), embedding (the tables), per_session (table parameters per
-    session, on average), per_neuron (one neuron's table row and bias)."""
+    session, on average), per_neuron (one neuron's table row, bias and offset)."""
     sizes = {}
     for path, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         sizes[tuple(str(p) for p in path)] = int(np.prod(param.shape))
@@ -345,5 +372,5 @@ def count_parameters(model: OmniMouse) -> dict[str, int]:
         "backbone": backbone,
         "embedding": embedding,
         "per_session": (embedding - tables["animal_table"]) // num_sessions,
-        "per_neuron": model.config.d_neuron_embed + 1,
+        "per_neuron": model.config.d_neuron_embed + 1 + int(model.config.population_decoder),
     }

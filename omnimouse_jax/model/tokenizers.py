@@ -23,17 +23,19 @@ def _write_block(param: nnx.Param, index, values) -> None:
 
 
 class NeuronIdentity(nnx.Module):
-    """Per-session parameters: neuron embeddings and biases, session and animal embeddings."""
+    """Per-session parameters: neuron embeddings and biases, session and animal embeddings; with `offsets`, each
+    neuron's response offset (the level the population decoder measures its deviations from)."""
 
-    TABLES = ("neuron_table", "neuron_bias", "session_table", "animal_table")
+    TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "session_table", "animal_table")
 
     def __init__(self, num_neuron_rows: int, num_sessions: int, num_animals: int, d_embed: int, d_model: int, *,
-                 dtype, rngs: nnx.Rngs):
+                 dtype, rngs: nnx.Rngs, offsets: bool = False):
         def table(init, shape, *axes):
             return nnx.Param(partitioned(init, *axes)(rngs.params(), shape))
 
         self.neuron_table = table(_TABLE_INIT, (num_neuron_rows, d_embed), "neuron_rows", "neuron_embed")
         self.neuron_bias = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows")
+        self.neuron_offset = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows") if offsets else None
         self.session_table = table(_TABLE_INIT, (num_sessions, d_embed), "sessions", "neuron_embed")
         self.animal_table = table(_TABLE_INIT, (num_animals, d_embed), "animals", "neuron_embed")
         self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
@@ -49,11 +51,14 @@ class NeuronIdentity(nnx.Module):
     def bias(self, neuron_index_BxN) -> jax.Array:
         return take_rows(self.neuron_bias[...], neuron_index_BxN, "neuron_rows")
 
+    def offset(self, neuron_index_BxN) -> jax.Array:
+        return take_rows(self.neuron_offset[...], neuron_index_BxN, "neuron_rows")
+
     def set_mean_rates(self, rates_R: np.ndarray, beta: float, start_row: int = 0) -> None:
         """Sets the bias of rows [start_row, start_row + R) so that a zero readout predicts `rates_R` through the
-        Softplus(beta) head. With zero biases a fresh model predicts softplus(0) / beta (6.9 at beta 0.1) for every
-        neuron; starting each neuron at its mean rate spares the first thousands of steps of walking the biases there.
-        """
+        Softplus(beta) head, and their offsets (if any) to `rates_R`. With zero biases a fresh model predicts
+        softplus(0) / beta (6.9 at beta 0.1) for every neuron; starting each neuron at its mean rate spares the first
+        thousands of steps of walking the biases there."""
         rates = np.maximum(np.asarray(rates_R, np.float64), 1e-3)  # silent neurons: a small positive rate
         # Inverse of softplus(beta x) / beta, written to stay finite for large rates.
         bias = (beta * rates + np.log(-np.expm1(-beta * rates))) / beta
@@ -62,6 +67,8 @@ class NeuronIdentity(nnx.Module):
             raise ValueError(f"set_mean_rates: rows [{start_row}, {stop}) outside the table's "
                              f"{self.neuron_bias.shape[0]} rows")
         _write_block(self.neuron_bias, np.s_[start_row:stop], bias)
+        if self.neuron_offset is not None:
+            _write_block(self.neuron_offset, np.s_[start_row:stop], rates_R)
 
     def set_leading_dims(self, values_RxC: np.ndarray, start_row: int = 0) -> None:
         """Sets the first C embedding dimensions of rows [start_row, start_row + R) to `values_RxC`; the other
@@ -75,12 +82,15 @@ class NeuronIdentity(nnx.Module):
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""
         for name, size in (("neuron_table", num_neuron_rows), ("neuron_bias", num_neuron_rows),
+                           ("neuron_offset", num_neuron_rows),
                            ("session_table", num_sessions), ("animal_table", num_animals)):
             param = getattr(self, name)
+            if param is None:
+                continue
             old = param[...]
             if size < old.shape[0]:
                 raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
-            init = nnx.initializers.zeros_init() if name == "neuron_bias" else _TABLE_INIT
+            init = nnx.initializers.zeros_init() if name in ("neuron_bias", "neuron_offset") else _TABLE_INIT
             fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
             param.set_value(jnp.concatenate([old, fresh], axis=0))
 

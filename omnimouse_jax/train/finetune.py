@@ -32,7 +32,8 @@ from omnimouse_jax.errors import UserError
 
 ACCEPTS_CONFIG_OVERRIDES = True
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "finetune.py"
-TABLES = ("neuron_table", "neuron_bias", "session_table", "animal_table")  # per-session tables, rows first
+# per-session tables, rows first (model/tokenizers.py NeuronIdentity.TABLES)
+TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "session_table", "animal_table")
 SECTIONS = ("train", "checkpoint", "data")  # finetune-config sections laid over the pretrained run's config
 
 
@@ -326,7 +327,7 @@ def finetune_session_class():
             old = self.pretrained_layout
             return finetune_optimizer(self.config.optim, self.config.finetune, {
                 "neuron_table": old.num_neuron_rows, "neuron_bias": old.num_neuron_rows,
-                "session_table": old.num_sessions, "animal_table": old.num_animals})
+                "neuron_offset": old.num_neuron_rows, "session_table": old.num_sessions, "animal_table": old.num_animals})
 
         def _init_model_and_optimizer(self):
             """The pretrained model with its tables grown by fresh rows for the new sessions (identity.grow), every
