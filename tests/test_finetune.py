@@ -101,7 +101,11 @@ def test_new_rows_move_from_their_initial_values(pretrained, finetuned):
     windows = pipeline.TrainWindows(open_store(store), SessionLayout.from_store(open_store(store), [new]),
                                     block=cfg.model.num_samples, max_neurons=cfg.model.max_neurons,
                                     global_batch=cfg.train.batch_size, seed=cfg.seed)
-    tuning = windows.neuron_statistics(pipeline.TUNING_TRIALS)[new]["behavior_tuning"]
+    stats = windows.neuron_statistics(pipeline.TUNING_TRIALS)[new]
+    tuning = stats["behavior_tuning"]
+    # The population decoder's offsets start at the new neurons' mean responses, two small steps ago.
+    offsets = np.asarray(stage1.model.identity.neuron_offset[...])[64:]
+    assert np.abs(offsets - stats["mean"]).max() < 0.01 and np.abs(stats["mean"]).min() > 0.05
     c = tuning.shape[1]
     start[:, :c] = tuning / np.sqrt((tuning**2).mean(0))
     table = np.asarray(stage1.model.identity.neuron_table[...])[64:]
