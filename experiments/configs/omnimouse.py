@@ -61,9 +61,10 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         return _paper_model(size)
     model = _paper_model("1M")
     model.dtype = "float32"
-    # Time-resolved behavior queries, neuron-specific response gains and embeddings that start at each neuron's
-    # behavior tuning (omnimouse_jax/model/omnimouse.py). On 3 digital mice after tiny's 300 steps, seeds 0-3:
-    # see docs/evaluation.md ("Readout and initialization"); not yet validated at the paper's sizes.
+    # Time-resolved behavior queries, neuron-specific response gains, embeddings that start at each neuron's
+    # behavior tuning and a linear population decoder beside the behavior readout (omnimouse_jax/model/omnimouse.py).
+    # On 3 digital mice after tiny's 300 steps, seeds 0-3: see docs/evaluation.md ("Readout and initialization",
+    # "The population decoder"); not yet validated at the paper's sizes.
     model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning",
                  population_decoder=True)
     if size == "tiny":
