@@ -372,5 +372,5 @@ def count_parameters(model: OmniMouse) -> dict[str, int]:
         "backbone": backbone,
         "embedding": embedding,
         "per_session": (embedding - tables["animal_table"]) // num_sessions,
-        "per_neuron": model.config.d_neuron_embed + 1 + int(model.config.population_decoder),
+        "per_neuron": sum(v for k, v in tables.items() if k.startswith("neuron_")) // model.config.num_neuron_rows,
     }

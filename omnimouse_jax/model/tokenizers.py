@@ -79,18 +79,23 @@ class NeuronIdentity(nnx.Module):
                              f"{tuple(self.neuron_table.shape)}")
         _write_block(self.neuron_table, np.s_[start_row:start_row + rows, :dims], values_RxC)
 
+    @classmethod
+    def table_rows(cls, num_neuron_rows: int, num_sessions: int, num_animals: int) -> dict[str, int]:
+        """{table: its row count} for every name in TABLES."""
+        owner = {"neuron": num_neuron_rows, "session": num_sessions, "animal": num_animals}
+        return {name: owner[name.split("_")[0]] for name in cls.TABLES}
+
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
-        """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept."""
-        for name, size in (("neuron_table", num_neuron_rows), ("neuron_bias", num_neuron_rows),
-                           ("neuron_offset", num_neuron_rows),
-                           ("session_table", num_sessions), ("animal_table", num_animals)):
+        """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept. New
+        per-neuron scalars (biases, offsets) start at zero, new embeddings at random."""
+        for name, size in self.table_rows(num_neuron_rows, num_sessions, num_animals).items():
             param = getattr(self, name)
             if param is None:
                 continue
             old = param[...]
             if size < old.shape[0]:
                 raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
-            init = nnx.initializers.zeros_init() if name in ("neuron_bias", "neuron_offset") else _TABLE_INIT
+            init = nnx.initializers.zeros_init() if old.ndim == 1 else _TABLE_INIT
             fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
             param.set_value(jnp.concatenate([old, fresh], axis=0))
 

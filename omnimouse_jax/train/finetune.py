@@ -32,8 +32,6 @@ from omnimouse_jax.errors import UserError
 
 ACCEPTS_CONFIG_OVERRIDES = True
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "finetune.py"
-# per-session tables, rows first (model/tokenizers.py NeuronIdentity.TABLES)
-TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "session_table", "animal_table")
 SECTIONS = ("train", "checkpoint", "data")  # finetune-config sections laid over the pretrained run's config
 
 
@@ -112,8 +110,9 @@ class MappedWindows:
 
 def first_trainable_row(path: tuple, first_new_row: dict[str, int]) -> int | None:
     """For a per-session table at `path`: the first row fine-tuning may change, `first_new_row[table]` (the table's
-    pretrained row count). None for every other parameter (the core, and the tables' shared projection)."""
-    if len(path) > 1 and str(path[0]) == "identity" and str(path[1]) in TABLES:
+    pretrained row count; NeuronIdentity.table_rows). None for every other parameter (the core, and the tables'
+    shared projection)."""
+    if len(path) > 1 and str(path[0]) == "identity" and str(path[1]) in first_new_row:
         return first_new_row[str(path[1])]
     return None
 
@@ -324,10 +323,11 @@ def finetune_session_class():
             return MappedWindows(windows, self.view)
 
         def _make_optimizer(self):
+            from omnimouse_jax.model.tokenizers import NeuronIdentity
+
             old = self.pretrained_layout
-            return finetune_optimizer(self.config.optim, self.config.finetune, {
-                "neuron_table": old.num_neuron_rows, "neuron_bias": old.num_neuron_rows,
-                "neuron_offset": old.num_neuron_rows, "session_table": old.num_sessions, "animal_table": old.num_animals})
+            return finetune_optimizer(self.config.optim, self.config.finetune, NeuronIdentity.table_rows(
+                old.num_neuron_rows, old.num_sessions, old.num_animals))
 
         def _init_model_and_optimizer(self):
             """The pretrained model with its tables grown by fresh rows for the new sessions (identity.grow), every
