@@ -1,6 +1,7 @@
 """Multi-process training (jax.distributed over local processes), the sharded neuron-table lookup, and compile-only
 planning."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -182,7 +183,10 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
     assert even_split <= result["param_bytes"] <= 1.02 * even_split
     # Adam's mu and nu (one per parameter, same split), plus a few int32 step counters of the optimizer chain.
     assert 0 <= result["optimizer_bytes"] - 2 * result["param_bytes"] < 64
-    fields_bytes = sum(x.dtype.itemsize for x in abstract_fields(masking.PRESETS["all_response_only"]).values())
+    # One int32 per example and masking field, replicated.
+    batch = result["global_batch"]
+    fields_bytes = sum(x.dtype.itemsize * math.prod(x.shape) for x in abstract_fields(batch).values())
+    assert fields_bytes == 4 * batch * len(masking.FIELDS)
     # XLA's own argument size (from the partitioned program) is exactly our per-device accounting.
     assert result["argument_bytes"] == (result["param_bytes"] + result["optimizer_bytes"] + result["other_state_bytes"]
                                         + result["batch_bytes"] + fields_bytes)

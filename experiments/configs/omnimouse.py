@@ -46,6 +46,10 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # The paper's code: a behavior query per channel, neuron tokens = response features + embedding, random
         # embeddings. tiny and test use our readout and initialization instead (see model_config).
         behavior_readout="per_channel", response_gain=False, neuron_embed_init="random", population_decoder=False,
+        # The paper's code: the decoder's queries read the video tokens and latents of their time window and the
+        # global tokens; the session's and animal's embedding is added to every latent and behavior token.
+        decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
+        neuron_rf_init="centre", decoder_video_attention="joint",
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,
@@ -131,8 +135,9 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
         skip_nonfinite=0))
     # Neuron counts of the training mix's population families (paper: 64, 256, 1024 of up to 4096 neurons).
     # mix: "paper" (the multi-task training mix) or comma-separated preset names (a specialized single-task model).
+    # draw: "example" (a strategy per example, so every batch mixes tasks) or "batch" (one per global batch).
     config.masking = ml_collections.ConfigDict(dict(
-        mix="paper",
+        mix="paper", draw="example",
         neuron_counts={"test": (4, 8, 16), "tiny": (16, 32, 64)}.get(size, (64, 256, 1024)),
         max_reconstructed=3072))
     return config

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.receptive_fields import EnergyCorrelation
 from omnimouse_jax.errors import UserError
 
 # The model's behavior channels, in its order; sources are mapped by name.
@@ -249,26 +250,35 @@ class TrainWindows:
         weights = totals if weighting == "proportional" else np.ones_like(totals)
         self.session_probs = weights / weights.sum()
 
-    def neuron_statistics(self, max_trials: int = MEAN_TRIALS) -> dict[str, dict[str, np.ndarray]]:
+    def neuron_statistics(self, max_trials: int = MEAN_TRIALS,
+                          rf_grid: tuple[int, int] | None = None) -> dict[str, dict[str, np.ndarray]]:
         """{session: {"mean": (n_neurons,) mean response in the model's units, "behavior_tuning": (n_neurons, C)
         each neuron's regression on BEHAVIOR_CHANNELS (_CrossMoments.result)}}, estimated from up to `max_trials` of
         the session's training trials: only those this run may train on, so a data-size sweep's small runs learn
-        nothing from data they exclude. Initializes the readout biases and, optionally, the neuron embeddings."""
+        nothing from data they exclude. Initializes the readout biases and, optionally, the neuron embeddings.
+        With `rf_grid` (the model's video-token grid), also "rf_centre": (n_neurons, 2) each neuron's mapped
+        receptive-field centre (omnimouse_jax.data.receptive_fields)."""
         rng = np.random.default_rng([self.seed, 0x6D65616E])
         stats = {}
         for name, session, norm, windows in zip(self.reader.layout.names, self.reader.sessions,
                                                 self.reader.normalizers, self.windows):
             t = session.trials
             rows = windows.trial_rows[rng.permutation(len(windows.trial_rows))[:max_trials]]
-            futures = [session.read_async(int(t["start"][r]), int(t["stop"][r]), ("responses", "behavior"))
-                       for r in rows]
+            fields = ("responses", "behavior") + (("video",) if rf_grid else ())
+            futures = [session.read_async(int(t["start"][r]), int(t["stop"][r]), fields) for r in rows]
             moments = _CrossMoments(session.n_neurons, len(BEHAVIOR_CHANNELS))
+            energy = EnergyCorrelation(session.n_neurons, rf_grid, session.frame_shape) if rf_grid else None
             for future in futures:
-                moments.update(future["responses"].result().astype(np.float64),
+                responses = future["responses"].result()
+                moments.update(responses.astype(np.float64),
                                norm.behavior(future["behavior"].result()).astype(np.float64))
+                if energy is not None:
+                    energy.update(responses, future["video"].result())
             mean, tuning = moments.result()
             stats[name] = {"mean": (mean * norm.response_scale).astype(np.float32),
                            "behavior_tuning": tuning.astype(np.float32)}
+            if energy is not None:
+                stats[name]["rf_centre"] = energy.centres()
         return stats
 
     @property

@@ -77,7 +77,13 @@ class DigitalMiceConfig:
     sampling_rate: float = 30.0
     latent_dim: int = 4
     latent_tau_s: float = 0.7
-    complex_fraction: float = 0.3
+    complex_fraction: float = 0.5
+    # Scales of the modulatory terms (behavior gains, latent loadings) and the mean event count per sample: the
+    # defaults make the stimulus explain most of the true rates' variance, as in visual cortex under natural movies
+    # (docs/data.md gives the measured split).
+    behavior_gain: float = 0.5
+    latent_gain: float = 0.6
+    events_per_sample: float = 1.25
     seed: int = 0
 
     def __post_init__(self):
@@ -98,6 +104,9 @@ class DigitalMiceConfig:
         if self.sampling_rate <= 0 or self.latent_tau_s <= 0 or not 0 <= self.complex_fraction <= 1:
             raise UserError("DigitalMiceConfig: expected sampling_rate > 0, latent_tau_s > 0 and "
                             "0 <= complex_fraction <= 1")
+        if self.behavior_gain < 0 or self.latent_gain < 0 or self.events_per_sample <= 0:
+            raise UserError("DigitalMiceConfig: expected behavior_gain >= 0, latent_gain >= 0 and "
+                            "events_per_sample > 0")
         counts = self.neuron_counts()
         if any(not isinstance(n, (int, np.integer)) or n < 1 for n in counts):
             raise UserError(f"DigitalMiceConfig.neurons: expected positive integers, got {self.neurons!r}")
@@ -229,16 +238,16 @@ def generate_mouse(config: DigitalMiceConfig, mouse_index: int) -> DigitalMouse:
         "is_complex": is_complex,
         "temporal_kernels": _temporal_kernels(rng, n),
         "offset": rng.uniform(0.2, 0.8, n),
-        "gain_running": rng.normal(0.3, 0.2, n),
-        "gain_pupil": rng.normal(0.1, 0.15, n),
-        "gain_eye": rng.normal(0.0, 0.1, (n, 2)),
-        "loadings": rng.normal(0.0, 0.5 / np.sqrt(latent_dim), (n, latent_dim)),
+        "gain_running": config.behavior_gain * rng.normal(0.3, 0.2, n),
+        "gain_pupil": config.behavior_gain * rng.normal(0.1, 0.15, n),
+        "gain_eye": config.behavior_gain * rng.normal(0.0, 0.1, (n, 2)),
+        "loadings": config.latent_gain * rng.normal(0.0, 0.5 / np.sqrt(latent_dim), (n, latent_dim)),
         "quantum": rng.lognormal(0.0, 0.5, n),  # response units per event, like deconvolved calcium amplitudes
         "latent_ar": np.float64(config.latent_ar),
         "behavior_center": BEHAVIOR_CENTER,
         "behavior_scale": BEHAVIOR_SCALE,
     }
-    events_per_sample = rng.lognormal(np.log(0.5), 0.4, n)
+    events_per_sample = rng.lognormal(np.log(config.events_per_sample), 0.4, n)
     calibration = [_movie(config, c, stream=(_CALIBRATION, mouse_index)) for c in range(CALIBRATION_CLIPS)]
     gt["drive_scale"] = np.ones(n)  # unscaled drive first, to measure its mean
     gt["drive_scale"] = np.mean([stimulus_drive(v, gt).mean(0) for v in calibration], 0)
@@ -529,6 +538,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-trials", type=int, default=defaults.test_trials,
                         help="final_test_main trials per mouse")
     parser.add_argument("--trial-length", type=int, default=defaults.trial_length, help="samples per trial (30 Hz)")
+    parser.add_argument("--complex-fraction", type=float, default=defaults.complex_fraction,
+                        help="share of complex (phase-invariant) cells")
+    parser.add_argument("--behavior-gain", type=float, default=defaults.behavior_gain,
+                        help="scale of the neurons' behavior gains (0: responses ignore behavior)")
+    parser.add_argument("--latent-gain", type=float, default=defaults.latent_gain,
+                        help="scale of the shared latent state's loadings")
+    parser.add_argument("--events-per-sample", type=float, default=defaults.events_per_sample,
+                        help="median events per sample at the mean rate (higher: less Poisson noise)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="everything derives from this seed")
     parser.add_argument("--layout", choices=LAYOUTS, default="store", help="a session store, or Sensorium 2023 folders")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT")
@@ -557,7 +574,9 @@ def _config_from_args(args) -> DigitalMiceConfig:
         neurons = neurons[0] if len(neurons) == 1 else neurons
     return DigitalMiceConfig(mice=mice, neurons=neurons, trials=args.trials, oracle_videos=args.oracle_videos,
                              oracle_repeats=args.oracle_repeats, test_trials=args.test_trials,
-                             trial_length=args.trial_length, seed=args.seed)
+                             trial_length=args.trial_length, complex_fraction=args.complex_fraction,
+                             behavior_gain=args.behavior_gain, latent_gain=args.latent_gain,
+                             events_per_sample=args.events_per_sample, seed=args.seed)
 
 
 def run(args) -> int:

@@ -33,8 +33,10 @@ def apply_rope(x: jax.Array, t_s: jax.Array, omega: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None) -> jax.Array:
-    """Softmax attention of q (..., Q, H, K) over k, v (..., S, H, K); key_valid (..., S) drops keys.
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None,
+           bias: jax.Array | None = None) -> jax.Array:
+    """Softmax attention of q (..., Q, H, K) over k, v (..., S, H, K); key_valid (..., S) drops keys; bias
+    (..., Q, S), shared by the heads, is added to the logits.
 
     Leading dimensions are folded into one batch dimension for `jax.nn.dot_product_attention`. Every query must
     have at least one valid key (callers add an always-valid sink key where a row could be empty).
@@ -44,7 +46,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None
     mask = None
     if key_valid is not None:
         mask = jnp.broadcast_to(key_valid, lead + k.shape[-3:-2]).reshape(-1, 1, 1, k.shape[-3])
-    out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), mask=mask)
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, lead + (q.shape[-3], k.shape[-3])).reshape(-1, 1, q.shape[-3], k.shape[-3])
+        bias = bias.astype(q.dtype)
+    out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), bias=bias, mask=mask)
     return out.reshape(q.shape)
 
 
@@ -68,11 +73,13 @@ def local_attention(
     extra_k: jax.Array | None = None,
     extra_v: jax.Array | None = None,
     extra_valid: jax.Array | None = None,
+    bias: jax.Array | None = None,
 ) -> jax.Array:
     """Sliding-window attention in time over binned tokens.
 
-    q, k, v: (B, W, P, H, K); valid (B, W, P). A query in bin w sees the valid keys of bins |w' - w| <= radius,
-    plus every valid extra key (B, E, H, K) (global tokens), which all bins share. Returns (B, W, P, H, K).
+    q (B, W, Q, H, K); k, v: (B, W, P, H, K); valid (B, W, P). A query in bin w sees the valid keys of bins
+    |w' - w| <= radius, plus every valid extra key (B, E, H, K) (global tokens), which all bins share. bias
+    (B, W, Q, (2 radius + 1) P + E), in that key order, is added to the logits. Returns (B, W, Q, H, K).
     """
     k_loc = neighbour_bins(k, radius, 0)
     v_loc = neighbour_bins(v, radius, 0)
@@ -83,7 +90,7 @@ def local_attention(
         k_loc = jnp.concatenate([k_loc, widen(extra_k)], axis=2)
         v_loc = jnp.concatenate([v_loc, widen(extra_v)], axis=2)
         valid_loc = jnp.concatenate([valid_loc, widen(extra_valid)], axis=2)
-    return attend(q, k_loc, v_loc, valid_loc)
+    return attend(q, k_loc, v_loc, valid_loc, bias)
 
 
 class Attention(nnx.Module):

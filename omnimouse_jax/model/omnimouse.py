@@ -45,10 +45,31 @@ BEHAVIOR_READOUTS = ("per_step", "per_channel")
 # random: N(0, 0.02) rows; behavior_tuning: the first C dimensions start at each neuron's regression on the behavior
 # channels (TrainingSession._init_from_data), the rest random.
 NEURON_EMBED_INITS = ("random", "behavior_tuning")
+# none: neuron queries find video tokens by content alone (the paper's code); gaussian: each neuron's logits over the
+# decoder's video keys get -|position - centre|^2 / (2 size^2) - (query time - key time - lag)^2 / (2 duration^2),
+# its learned spatio-temporal receptive field (OmniMouse.receptive_fields).
+VIDEO_READOUT_PRIORS = ("none", "gaussian")
+# joint: one softmax over the window's latents, video tokens and the global tokens (the paper's code); separate: one
+# softmax over the latents and global tokens plus one over the video tokens, outputs summed (the paper code's
+# per-modality decoders, off there), so video keys keep their share of attention however many latents there are.
+DECODER_VIDEO_ATTENTIONS = ("joint", "separate")
+# Receptive fields are stored raw and scaled by RF_STEP, so that Adam's lr-sized steps move a centre by about
+# RF_STEP x session_lr half-widths (and a lag by as many seconds) per step. A zero row is a field at the frame's
+# centre of size RF_SIZE_INIT half-widths, RF_LAG_INIT s after the frames it reads, lasting RF_DURATION_INIT s.
+RF_STEP = 5.0
+RF_SIZE_INIT = 0.5
+RF_LAG_INIT = 0.1
+RF_DURATION_INIT = 0.1
+# centre: every receptive field starts at the frame's centre with size RF_SIZE_INIT; mapped: at the neuron's
+# reverse-correlation map (TrainingSession._init_from_data) with size RF_SIZE_MAPPED.
+NEURON_RF_INITS = ("centre", "mapped")
+RF_SIZE_MAPPED = 0.15
 # Model options added after checkpoints were first written, with the values that rebuild those checkpoints' models
 # (restore.config_from_json fills them into a saved config that lacks them).
 ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random",
-                 "population_decoder": False}
+                 "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
+                 "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
+                 "decoder_video_attention": "joint"}
 _INIT = nnx.initializers.normal(0.02)
 
 
@@ -81,6 +102,23 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"latent_window={cfg.latent_window} must divide num_samples={cfg.num_samples}")
     need(cfg.num_samples % cfg.readout_step == 0,
          f"readout_step={cfg.readout_step} must divide num_samples={cfg.num_samples}")
+    need(cfg.decoder_video_attention in DECODER_VIDEO_ATTENTIONS,
+         f"decoder_video_attention={cfg.decoder_video_attention!r}: expected one of {list(DECODER_VIDEO_ATTENTIONS)}")
+    need(cfg.neuron_rf_init in NEURON_RF_INITS,
+         f"neuron_rf_init={cfg.neuron_rf_init!r}: expected one of {list(NEURON_RF_INITS)}")
+    need(cfg.video_readout_prior in VIDEO_READOUT_PRIORS,
+         f"video_readout_prior={cfg.video_readout_prior!r}: expected one of {list(VIDEO_READOUT_PRIORS)}")
+    if cfg.decoder_video_keys:
+        need(cfg.latent_window % cfg.readout_step == 0,
+             f"readout_step={cfg.readout_step} must divide latent_window={cfg.latent_window} when the decoder reads "
+             "its time window (decoder_video_keys=True)")
+        dspan = (2 * cfg.decoder_window_bins + 1) * cfg.latent_window
+        need(cfg.decoder_window_bins >= 0 and dspan <= cfg.num_samples,
+             f"decoder_window_bins={cfg.decoder_window_bins} spans {dspan} samples, longer than the block "
+             f"(num_samples={cfg.num_samples})")
+    need(cfg.video_readout_prior == "none" or cfg.decoder_video_keys,
+         f"video_readout_prior={cfg.video_readout_prior!r} needs decoder_video_keys=True (the prior weights the "
+         "decoder's video keys)")
     span = (2 * cfg.local_window_bins + 1) * cfg.latent_window
     need(cfg.local_window_bins >= 0 and span <= cfg.num_samples,
          f"local_window_bins={cfg.local_window_bins} spans {span} samples, longer than the block "
@@ -124,6 +162,8 @@ class _Layout:
     step_times: np.ndarray  # (S,) readout steps
     video_bins: _Bins
     video_times: np.ndarray  # (T',) video time steps
+    slot_is_video: np.ndarray  # (P,) which of a bin's tokens [latents; video] are video tokens
+    slot_position: np.ndarray  # (P, 2) where each video slot lies in the frame (x, y in half-widths; 0 at the centre)
 
 
 class OmniMouse(nnx.Module):
@@ -148,7 +188,8 @@ class OmniMouse(nnx.Module):
         step_centres = np.arange(self.num_steps) * cfg.readout_step + (cfg.readout_step - 1) / 2
 
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
-                                       dtype=dtype, rngs=rngs, offsets=cfg.population_decoder)
+                                       dtype=dtype, rngs=rngs, offsets=cfg.population_decoder,
+                                       receptive_fields=cfg.video_readout_prior == "gaussian")
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
         # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
         # signed, neuron-specific sums of responses (a decoder's weights) directly. Zero at init.
@@ -163,13 +204,24 @@ class OmniMouse(nnx.Module):
                                         bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
         video_centres = self.video.geometry.frame_centres
         seconds = lambda samples: (np.asarray(samples) / fs).astype(np.float32)  # noqa: E731
+        video_bins = _Bins.of(video_centres, cfg.latent_window, self.num_bins)
+        _, grid_h, grid_w = self.video.geometry.grids[-1]
+        frame_h, frame_w = cfg.frame_shape
+        y, x = np.meshgrid((np.arange(grid_h) + 0.5) / grid_h * 2 - 1, (np.arange(grid_w) + 0.5) / grid_w * 2 - 1,
+                           indexing="ij")
+        spatial_Sx2 = np.stack([x.ravel(), y.ravel() * frame_h / frame_w], axis=1).astype(np.float32)
+        per_bin = video_bins.index.shape[1]
         self.layout = _Layout(
             token_bins=_Bins.of(token_centres, cfg.latent_window, self.num_bins),
             token_times=seconds(token_centres),
             latent_times=seconds(np.repeat(bin_centres[:, None], cfg.latents_per_bin, axis=1)),
             step_times=seconds(step_centres),
-            video_bins=_Bins.of(video_centres, cfg.latent_window, self.num_bins),
-            video_times=seconds(video_centres))
+            video_bins=video_bins,
+            video_times=seconds(video_centres),
+            slot_is_video=np.concatenate([np.zeros(cfg.latents_per_bin, bool),
+                                          np.ones(per_bin * len(spatial_Sx2), bool)]),
+            slot_position=np.concatenate([np.zeros((cfg.latents_per_bin, 2), np.float32),
+                                          np.tile(spatial_Sx2, (per_bin, 1))]))
 
         def embed(*shape):  # learned vectors: latents, queries, missing-modality and sink embeddings
             return nnx.Param(partitioned(_INIT, *(["latents"] * (len(shape) - 1)), "embed")(key(), shape))
@@ -253,6 +305,10 @@ class OmniMouse(nnx.Module):
         missing = jnp.where(has_responses_B[:, None], 0.0, self.missing_responses[...])[:, None, None]
         lat_BxWxGxD = jnp.broadcast_to(self.bin_latents[...], (b, self.num_bins, cfg.latents_per_bin, d)) + missing
         glob_BxGxD = jnp.broadcast_to(self.global_latents[...], (b, cfg.num_global_latents, d)) + missing[:, 0]
+        if cfg.meta_to_latents:  # the paper's code: the session's and animal's embedding on every latent
+            meta_BxD = self.identity.project(self.identity.meta(batch["session_index"], batch["animal_index"]))
+            lat_BxWxGxD = lat_BxWxGxD + meta_BxD[:, None, None]
+            glob_BxGxD = glob_BxGxD + meta_BxD[:, None]
         sink = jnp.broadcast_to(self.sink[...], (b, self.num_bins, 1, d))
         idx, pad_ok = lay.token_bins.index, lay.token_bins.valid
         kv_bins = tok_BxKxNxD[:, idx].reshape(b, self.num_bins, -1, d)
@@ -286,6 +342,8 @@ class OmniMouse(nnx.Module):
         # Backbone over binned [latents; video] and global [latents; behavior].
         behavior_visible_BxC = masks.behavior_visible[:, None] & jnp.asarray(batch["behavior_mask"], bool)
         beh_BxCxD = self.behavior_tokens(jnp.asarray(batch["behavior"], jnp.float32), behavior_visible_BxC)
+        if cfg.meta_to_latents:
+            beh_BxCxD = beh_BxCxD + meta_BxD[:, None]
         x_bin = jnp.concatenate([lat_BxWxGxD, vid_bins], axis=2)
         valid_bin = jnp.concatenate([jnp.ones(lat_BxWxGxD.shape[:3], bool), vid_bins_valid], axis=2)
         t_bin = np.concatenate([lay.latent_times, vid_bins_t], axis=1)
@@ -296,30 +354,127 @@ class OmniMouse(nnx.Module):
             x_bin, x_glob = self._mix(layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
                                       deterministic)
 
-        # Decoder: queries per (neuron, step) and per behavior channel (and step, if per_step) read latents and globals.
-        keys = jnp.concatenate([x_bin[:, :, : cfg.latents_per_bin].reshape(b, -1, d), x_glob], axis=1)
-        keys_t = np.concatenate([lay.latent_times.reshape(-1), t_glob])
-        q_resp = (ident_BxNxD[:, :, None] + self.step_queries[...]).reshape(b, n * self.num_steps, d)
+        # Decoder: queries per (neuron, readout step) and per behavior channel (and step, if per_step).
+        rf_BxNx5 = (self.identity.receptive_field(batch["neuron_index"])
+                    if cfg.video_readout_prior == "gaussian" else None)
+        out_resp, out_beh = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5,
+                                         deterministic)
         c = cfg.behavior_channels
-        if self.behavior_per_step:
-            q_beh = (self.behavior_queries[...][:, None] + self.step_queries[...]).reshape(-1, d)
-            q_beh_t = np.tile(lay.step_times, c)
-        else:
-            q_beh, q_beh_t = self.behavior_queries[...], np.zeros(c)
-        q = jnp.concatenate([q_resp, jnp.broadcast_to(q_beh, (b,) + q_beh.shape)], axis=1)
-        q_t = np.concatenate([np.tile(lay.step_times, n), q_beh_t])
-        out = self.out_norm(self.decoder(q, q_t, kv=keys, t_kv_s=keys_t, deterministic=deterministic))
-        out_resp = out[:, : n * self.num_steps].reshape(b, n, self.num_steps, d)
         samples_BxNxT = self.response_head(out_resp).reshape(b, n, t).astype(jnp.float32)
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
         rates = jax.nn.softplus(beta * samples_BxNxT) / beta
-        out_beh = out[:, n * self.num_steps :].reshape(b, c, -1, d).astype(jnp.float32)  # (B, C, S or 1, D)
-        behavior = jnp.einsum("bcsd,cdk->bskc", out_beh, self.behavior_head[...]).reshape(b, t, c)
+        behavior = jnp.einsum("bcsd,cdk->bskc", out_beh.astype(jnp.float32), self.behavior_head[...]).reshape(b, t, c)
         behavior = behavior + self.behavior_head_bias[...].T
         if self.population_decoder is not None:
             behavior = behavior + self._population_decode(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
         return {"rates": constrain(rates.transpose(0, 2, 1), ("batch", "length", "neurons")), "behavior": behavior}
+
+    def set_receptive_fields(self, centres_Rx2: np.ndarray, size: float, start_row: int = 0) -> None:
+        """Starts rows [start_row, start_row + R) at these centres (half-widths) and one size (receptive_fields'
+        units)."""
+        rows = len(centres_Rx2)
+        raw = np.concatenate([np.asarray(centres_Rx2, np.float32),
+                              np.full((rows, 1), np.log(size / RF_SIZE_INIT), np.float32),
+                              np.zeros((rows, 2), np.float32)], axis=1)  # the initial lag and duration
+        self.identity.set_rows("neuron_rf", raw / RF_STEP, start_row)
+
+    @staticmethod
+    def receptive_fields(rf_BxNx5: jax.Array) -> dict[str, jax.Array]:
+        """The raw table rows in their units: centre (B, N, 2) (x, y in half-widths of the frame, 0 at its centre),
+        size (B, N) in half-widths, lag and duration (B, N) in seconds."""
+        rf = rf_BxNx5.astype(jnp.float32) * RF_STEP
+        return {"centre": rf[..., :2], "size": RF_SIZE_INIT * jnp.exp(rf[..., 2]), "lag": RF_LAG_INIT + rf[..., 3],
+                "duration": RF_DURATION_INIT * jnp.exp(rf[..., 4])}
+
+    def _decode(self, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5, deterministic):
+        """Decoder outputs (B, N, S, D) for the neurons' readout steps and (B, C, S or 1, D) for the behavior.
+
+        Without video keys (the earlier wiring) every query reads the bin latents and the global tokens. With them
+        (the paper's code), a readout step's queries read the tokens [latents; video] of the bins within
+        decoder_window_bins of the step's own bin, plus the global tokens; a per_channel behavior query (time 0)
+        reads every token. With the gaussian prior, a neuron's logits over video keys fall off with the distance of
+        the key's position from the neuron's receptive field."""
+        cfg, lay = self.config, self.layout
+        b, n, d = ident_BxNxD.shape
+        c, steps = cfg.behavior_channels, self.num_steps
+        q_resp_BxNxSxD = ident_BxNxD[:, :, None] + self.step_queries[...]
+        q_beh_CxSxD = self.behavior_queries[...][:, None] + self.step_queries[...]
+        if not cfg.decoder_video_keys:
+            keys = jnp.concatenate([x_bin[:, :, : cfg.latents_per_bin].reshape(b, -1, d), x_glob], axis=1)
+            keys_t = np.concatenate([lay.latent_times.reshape(-1), t_glob])
+            if self.behavior_per_step:
+                q_beh, q_beh_t = q_beh_CxSxD.reshape(-1, d), np.tile(lay.step_times, c)
+            else:
+                q_beh, q_beh_t = self.behavior_queries[...], np.zeros(c)
+            q = jnp.concatenate([q_resp_BxNxSxD.reshape(b, n * steps, d), jnp.broadcast_to(q_beh, (b,) + q_beh.shape)],
+                                axis=1)
+            q_t = np.concatenate([np.tile(lay.step_times, n), q_beh_t])
+            out = self.out_norm(self.decoder(q, q_t, kv=keys, t_kv_s=keys_t, deterministic=deterministic))
+            return out[:, : n * steps].reshape(b, n, steps, d), out[:, n * steps:].reshape(b, c, -1, d)
+
+        w, per = self.num_bins, steps // self.num_bins  # readout steps per bin
+        group = lambda a: a.reshape(a.shape[0], a.shape[1], w, per, d).transpose(0, 2, 1, 3, 4)  # noqa: E731
+        ungroup = lambda a, m: a.reshape(b, w, m, per, d).transpose(0, 2, 1, 3, 4).reshape(b, m, steps, d)  # noqa
+        step_t_WxP = lay.step_times.reshape(w, per)
+        parts = [group(q_resp_BxNxSxD).reshape(b, w, n * per, d)]
+        times = [np.tile(step_t_WxP, (1, n))]
+        if self.behavior_per_step:
+            parts.append(jnp.broadcast_to(group(q_beh_CxSxD[None]).reshape(1, w, c * per, d), (b, w, c * per, d)))
+            times.append(np.tile(step_t_WxP, (1, c)))
+        q_BxWxQxD = jnp.concatenate(parts, axis=2)
+        block = self.decoder
+        q_h = block.queries(q_BxWxQxD, np.concatenate(times, axis=1))
+        k_bin, v_bin = block.keys_values(x_bin, t_bin)
+        k_glob, v_glob = block.keys_values(x_glob, t_glob)
+        bias = None
+        if rf_BxNx5 is not None:
+            bias = self._receptive_field_bias(rf_BxNx5, t_bin, step_t_WxP, x_glob.shape[1], q_h.shape[2])
+        radius = cfg.decoder_window_bins
+        if cfg.decoder_video_attention == "joint":
+            o = local_attention(q_h, k_bin, v_bin, valid_bin, radius, k_glob, v_glob, valid_glob, bias)
+        else:
+            g = cfg.latents_per_bin
+            o = local_attention(q_h, k_bin[:, :, :g], v_bin[:, :, :g], valid_bin[:, :, :g], radius, k_glob, v_glob,
+                                valid_glob)
+            if bias is not None:  # keys of each window: its (2 radius + 1) bins' slots, then the global tokens
+                p = k_bin.shape[2]
+                slots = np.concatenate([np.arange(g, p) + j * p for j in range(2 * radius + 1)])
+                bias = bias[..., slots]  # (B, W, Q, video keys)
+            o = o + local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], valid_bin[:, :, g:], radius, bias=bias)
+        out = self.out_norm(block.finish(q_BxWxQxD, o, deterministic))
+        out_resp = ungroup(out[:, :, : n * per], n)
+        if self.behavior_per_step:
+            return out_resp, ungroup(out[:, :, n * per:], c)
+        keys = jnp.concatenate([x_bin.reshape(b, -1, d), x_glob], axis=1)
+        keys_t = np.concatenate([t_bin.reshape(-1), t_glob])
+        key_valid = jnp.concatenate([valid_bin.reshape(b, -1), valid_glob], axis=1)
+        q_beh = jnp.broadcast_to(self.behavior_queries[...], (b, c, d))
+        out_beh = self.out_norm(block(q_beh, np.zeros(c), kv=keys, t_kv_s=keys_t, key_valid=key_valid,
+                                      deterministic=deterministic))
+        return out_resp, out_beh[:, :, None]
+
+    def _receptive_field_bias(self, rf_BxNx5, t_bin_WxP, step_t_WxS, num_global, num_queries) -> jax.Array:
+        """(B, W, Q, K) logit bias of the decoder's queries over the keys of local_attention's layout (each window's
+        2 r + 1 bins of slots, then the global keys): each neuron's spatio-temporal Gaussian over the video keys, 0
+        for other keys and for the behavior queries (the queries after the neurons')."""
+        lay, radius = self.layout, self.config.decoder_window_bins
+        b, n = rf_BxNx5.shape[:2]
+        w, per = step_t_WxS.shape
+        width = 2 * radius + 1
+        is_video_K = np.concatenate([np.tile(lay.slot_is_video, width), np.zeros(num_global, bool)])
+        position_Kx2 = np.concatenate([np.tile(lay.slot_position, (width, 1)), np.zeros((num_global, 2), np.float32)])
+        padded_t = np.pad(t_bin_WxP, ((radius, radius), (0, 0)))
+        key_t_WxK = np.concatenate([np.concatenate([padded_t[j: j + w] for j in range(width)], axis=1),
+                                    np.zeros((w, num_global), np.float32)], axis=1)
+        delay_WxSxK = step_t_WxS[:, :, None] - key_t_WxK[:, None, :]  # > 0: the key's frames came first
+        rf = self.receptive_fields(rf_BxNx5)
+        space_BxNxK = ((position_Kx2 - rf["centre"][:, :, None]) ** 2).sum(-1) / (2 * rf["size"][..., None] ** 2)
+        shifted = delay_WxSxK[None, None] - rf["lag"][:, :, None, None, None]  # (B, N, W, S, K)
+        time_BxNxWxSxK = shifted**2 / (2 * rf["duration"][:, :, None, None, None] ** 2)
+        bias = -(space_BxNxK[:, :, None, None] + time_BxNxWxSxK)
+        bias = jnp.where(is_video_K, bias, 0.0).transpose(0, 2, 1, 3, 4).reshape(b, w, n * per, -1)
+        return jnp.pad(bias, ((0, 0), (0, 0), (0, num_queries - n * per), (0, 0)))
 
     def _population_decode(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
         """(B, T, C): at each sample, the mean over visible neurons of (response - offset) x embedding, mapped to the

@@ -24,18 +24,23 @@ def _write_block(param: nnx.Param, index, values) -> None:
 
 class NeuronIdentity(nnx.Module):
     """Per-session parameters: neuron embeddings and biases, session and animal embeddings; with `offsets`, each
-    neuron's response offset (the level the population decoder measures its deviations from)."""
+    neuron's response offset (the level the population decoder measures its deviations from); with
+    `receptive_fields`, each neuron's spatio-temporal receptive field (x, y, log size, lag, log duration), which the
+    decoder's prior reads (OmniMouse.receptive_fields)."""
 
-    TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "session_table", "animal_table")
+    TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "neuron_rf", "session_table", "animal_table")
+    ZERO_INIT = ("neuron_bias", "neuron_offset", "neuron_rf")  # grown rows start at zero: no offset, the frame's centre
 
     def __init__(self, num_neuron_rows: int, num_sessions: int, num_animals: int, d_embed: int, d_model: int, *,
-                 dtype, rngs: nnx.Rngs, offsets: bool = False):
+                 dtype, rngs: nnx.Rngs, offsets: bool = False, receptive_fields: bool = False):
         def table(init, shape, *axes):
             return nnx.Param(partitioned(init, *axes)(rngs.params(), shape))
 
         self.neuron_table = table(_TABLE_INIT, (num_neuron_rows, d_embed), "neuron_rows", "neuron_embed")
         self.neuron_bias = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows")
         self.neuron_offset = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows") if offsets else None
+        self.neuron_rf = table(nnx.initializers.zeros_init(), (num_neuron_rows, 5), "neuron_rows",
+                               None) if receptive_fields else None
         self.session_table = table(_TABLE_INIT, (num_sessions, d_embed), "sessions", "neuron_embed")
         self.animal_table = table(_TABLE_INIT, (num_animals, d_embed), "animals", "neuron_embed")
         self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
@@ -45,14 +50,22 @@ class NeuronIdentity(nnx.Module):
     def embed(self, neuron_index_BxN, session_index_B, animal_index_B) -> jax.Array:
         """(B, N, d_embed): neuron + session + animal embeddings."""
         rows = take_rows(self.neuron_table[...], neuron_index_BxN, "neuron_rows")
-        return (rows + jnp.take(self.session_table[...], session_index_B, axis=0)[:, None]
-                + jnp.take(self.animal_table[...], animal_index_B, axis=0)[:, None])
+        return rows + self.meta(session_index_B, animal_index_B)[:, None]
+
+    def meta(self, session_index_B, animal_index_B) -> jax.Array:
+        """(B, d_embed): session + animal embeddings."""
+        return (jnp.take(self.session_table[...], session_index_B, axis=0)
+                + jnp.take(self.animal_table[...], animal_index_B, axis=0))
 
     def bias(self, neuron_index_BxN) -> jax.Array:
         return take_rows(self.neuron_bias[...], neuron_index_BxN, "neuron_rows")
 
     def offset(self, neuron_index_BxN) -> jax.Array:
         return take_rows(self.neuron_offset[...], neuron_index_BxN, "neuron_rows")
+
+    def receptive_field(self, neuron_index_BxN) -> jax.Array:
+        """(B, N, 5) raw receptive-field parameters; OmniMouse.receptive_fields gives them their units."""
+        return take_rows(self.neuron_rf[...], neuron_index_BxN, "neuron_rows")
 
     def set_mean_rates(self, rates_R: np.ndarray, beta: float, start_row: int = 0) -> None:
         """Sets the bias of rows [start_row, start_row + R) so that a zero readout predicts `rates_R` through the
@@ -69,6 +82,14 @@ class NeuronIdentity(nnx.Module):
         _write_block(self.neuron_bias, np.s_[start_row:stop], bias)
         if self.neuron_offset is not None:
             _write_block(self.neuron_offset, np.s_[start_row:stop], rates_R)
+
+    def set_rows(self, table: str, values: np.ndarray, start_row: int = 0) -> None:
+        """Sets rows [start_row, start_row + len(values)) of `table` (one of TABLES) to `values`."""
+        param = getattr(self, table)
+        if param is None or start_row + len(values) > param.shape[0] or np.shape(values)[1:] != param.shape[1:]:
+            raise ValueError(f"set_rows: {np.shape(values)} at row {start_row} does not fit {table} "
+                             f"{None if param is None else tuple(param.shape)}")
+        _write_block(param, np.s_[start_row:start_row + len(values)], values)
 
     def set_leading_dims(self, values_RxC: np.ndarray, start_row: int = 0) -> None:
         """Sets the first C embedding dimensions of rows [start_row, start_row + R) to `values_RxC`; the other
@@ -87,7 +108,7 @@ class NeuronIdentity(nnx.Module):
 
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept. New
-        per-neuron scalars (biases, offsets) start at zero, new embeddings at random."""
+        biases, offsets and receptive fields start at zero, new embeddings at random."""
         for name, size in self.table_rows(num_neuron_rows, num_sessions, num_animals).items():
             param = getattr(self, name)
             if param is None:
@@ -95,7 +116,7 @@ class NeuronIdentity(nnx.Module):
             old = param[...]
             if size < old.shape[0]:
                 raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
-            init = nnx.initializers.zeros_init() if old.ndim == 1 else _TABLE_INIT
+            init = nnx.initializers.zeros_init() if name in self.ZERO_INIT else _TABLE_INIT
             fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
             param.set_value(jnp.concatenate([old, fresh], axis=0))
 

@@ -24,7 +24,7 @@ from omnimouse_jax.data.store import write_json_atomic, open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import loss_fn
-from omnimouse_jax.model.omnimouse import OmniMouse, count_parameters
+from omnimouse_jax.model.omnimouse import RF_SIZE_MAPPED, OmniMouse, count_parameters
 from omnimouse_jax.train import distributed, perf, sharding
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
 from omnimouse_jax.train.logging import MetricsLogger
@@ -113,9 +113,15 @@ def abstract_batch(config, batch_sharding) -> dict:
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=batch_sharding) for k in MODEL_FIELDS}
 
 
-def abstract_fields(strategy) -> dict:
-    """ShapeDtypeStructs of one masking strategy's fields (the same for every strategy: int32 scalars)."""
-    return {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in masking.strategy_arrays(strategy).items()}
+def abstract_fields(batch_size: int) -> dict:
+    """ShapeDtypeStructs of a training batch's masking fields: one int32 per example and field."""
+    return {k: jax.ShapeDtypeStruct((batch_size,), np.int32) for k in masking.FIELDS}
+
+
+def stacked_fields(strategies) -> dict[str, np.ndarray]:
+    """The fields of one strategy per example, as (B,) int32 arrays (masking.make_masks reads them per example)."""
+    arrays = [masking.strategy_arrays(s) for s in strategies]
+    return {k: np.stack([a[k] for a in arrays]).astype(np.int32) for k in masking.FIELDS}
 
 
 def step_functions(graphdef, model_config):
@@ -182,9 +188,10 @@ def compile_only(config) -> dict:
     check_batch_divides_mesh(config, mesh)
     tx, _ = make_optimizer(config.optim, int(config.train.steps))
     graphdef, state = abstract_state(config, tx, mesh)
-    strategies, _ = training_mix(config)
+    training_mix(config)  # validates the mix against the block and the neuron budget
     batch = abstract_batch(config, sharding.batch_sharding(mesh))
-    compiled = compile_train_step(graphdef, state, batch, abstract_fields(strategies[0]), mesh, config.model)
+    compiled = compile_train_step(graphdef, state, batch, abstract_fields(config.train.batch_size), mesh,
+                                  config.model)
     memory = compiled.memory_analysis()
     params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
     flops = perf.compiled_flops(compiled)  # of the per-device (partitioned) program
@@ -273,16 +280,22 @@ class TrainingSession:
         return make_optimizer(self.config.optim, self.total_steps)
 
     def _init_from_data(self, model) -> None:
-        """A fresh run starts each trained session's neurons at their mean rate and, with neuron_embed_init =
+        """A fresh run starts each trained session's neurons at their mean rate; with neuron_embed_init =
         "behavior_tuning", their embeddings' first dimensions at their behavior tuning, each channel scaled to unit
-        RMS over the session's neurons (a resumed run restores both)."""
+        RMS over the session's neurons; with neuron_rf_init = "mapped" (and the gaussian prior), their receptive
+        fields at their reverse-correlation maps (a resumed run restores all three)."""
         if self.checkpointer.latest_step() is not None:
             return
-        tuning_init = self.config.model.neuron_embed_init == "behavior_tuning"
-        trials = pipeline.TUNING_TRIALS if tuning_init else pipeline.MEAN_TRIALS
-        for name, stats in self.windows.neuron_statistics(max_trials=trials).items():
+        cfg = self.config.model
+        tuning_init = cfg.neuron_embed_init == "behavior_tuning"
+        rf_init = cfg.video_readout_prior == "gaussian" and cfg.neuron_rf_init == "mapped"
+        trials = pipeline.TUNING_TRIALS if tuning_init or rf_init else pipeline.MEAN_TRIALS
+        grid = tuple(model.video.geometry.grids[-1][1:]) if rf_init else None
+        for name, stats in self.windows.neuron_statistics(max_trials=trials, rf_grid=grid).items():
             start = self.layout.row_offsets[self.layout.session_index(name)]
-            model.identity.set_mean_rates(stats["mean"], self.config.model.softplus_beta, start_row=start)
+            model.identity.set_mean_rates(stats["mean"], cfg.softplus_beta, start_row=start)
+            if rf_init:
+                model.set_receptive_fields(stats["rf_centre"], RF_SIZE_MAPPED, start_row=start)
             if tuning_init:
                 tuning = stats["behavior_tuning"]
                 rms = np.sqrt(np.mean(tuning**2, axis=0))
@@ -312,7 +325,7 @@ class TrainingSession:
     def _compile(self) -> None:
         self.train_step = compile_train_step(
             self.graphdef, self.state, abstract_batch(self.config, self.batch_sharding),
-            abstract_fields(self.strategies[0]), self.mesh, self.config.model)
+            abstract_fields(self.config.train.batch_size), self.mesh, self.config.model)
         _, eval_step = step_functions(self.graphdef, self.config.model)
         with sharding.use_rules(self.mesh):
             self.eval_step = jax.jit(eval_step)
@@ -322,13 +335,19 @@ class TrainingSession:
     def _device_batch(self, host_batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, host_batch[k]) for k in MODEL_FIELDS}
 
-    def _fields(self, strategy) -> dict:
-        return {k: jnp.asarray(v) for k, v in masking.strategy_arrays(strategy).items()}
+    def _fields(self, strategies) -> dict:
+        """(B,) fields of one strategy per example, or (1,) fields that every example shares."""
+        return {k: jnp.asarray(v) for k, v in stacked_fields(strategies).items()}
 
-    def strategy_for(self, step: int):
-        """The masking strategy of `step`: a pure function of (seed, step), so a resumed run draws the same ones."""
+    def strategies_for(self, step: int) -> list:
+        """The masking strategy of each example of `step`'s global batch: a pure function of (seed, step), so a resumed
+        run draws the same ones. config.masking.draw "example" (default) draws one per example, so every batch mixes
+        tasks; "batch" draws one for the whole batch (the paper's code draws one per device and step)."""
         rng = np.random.default_rng([self.config.seed, step, 0x6D61736B])
-        return self.strategies[rng.choice(len(self.strategies), p=self.strategy_probs)]
+        batch = int(self.config.train.batch_size)
+        draw = self.config.masking.get("draw", "example")
+        picks = rng.choice(len(self.strategies), size=batch if draw == "example" else 1, p=self.strategy_probs)
+        return [self.strategies[i] for i in np.resize(picks, batch)]
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
     def _restore(self) -> tuple[int, float]:
@@ -366,7 +385,7 @@ class TrainingSession:
             host_batch = next(self.data_iter)
             tokens = int(host_batch["neuron_mask"].sum()) * cfg.model.num_samples * self.process_count
             self.state, metrics = self.train_step(self.state, self._device_batch(host_batch),
-                                                  self._fields(self.strategy_for(step)))
+                                                  self._fields(self.strategies_for(step)))
             if pending is not None:  # fetched only now, with this step already dispatched
                 last_logged = self._finish(*pending, window, log_every) or last_logged
             pending, step = (step, metrics, tokens), step + 1
@@ -429,7 +448,7 @@ class TrainingSession:
         for b in range(min(len(self.validation), self.config.train.get("eval_batches", 8))):
             host = self.validation(b)
             loss, parts = self.eval_step(self.state, self._device_batch(host),
-                                         self._fields(masking.PRESETS[names[b % len(names)]]))
+                                         self._fields([masking.PRESETS[names[b % len(names)]]]))
             n = float(parts.get("n_targets", 1.0))
             total, weight = total + float(loss) * n, weight + n
         record = {"step": step, "split": "validation", "loss": total / max(weight, 1e-9)}
