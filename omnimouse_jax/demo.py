@@ -158,7 +158,7 @@ def _verdicts(rows: list[dict], fits) -> dict[str, str]:
 
 
 def _report(out, rows, made, evaluation, main_run, verdicts, failed, timings) -> str:
-    from omnimouse_jax.evaluate.report import paper_markdown
+    from omnimouse_jax.evaluate.report import ablation_markdown, paper_markdown
 
     lines = ["# OmniMouse-JAX demo: scaling on digital mice", "",
              f"Total run time {timings['total_s']:.0f} s on this machine (synthesis {timings['synthesize_s']:.0f} s, "
@@ -173,6 +173,9 @@ def _report(out, rows, made, evaluation, main_run, verdicts, failed, timings) ->
                   f"{QUICK_EVAL['train_batches']} training batches, a {QUICK_EVAL['cnn_steps']}-step CNN. "
                   f"`omnimouse evaluate --workdir {main_run['workdir']} --regimes paper` evaluates every batch "
                   "(docs/evaluation.md)."]
+        ablation = ablation_markdown(evaluation, heading="###")
+        if ablation:
+            lines += ["", ablation]
     lines += ["", "## Fitted laws and runs", "", f"See [{made['table'].name}](figures/{made['table'].name}) for the "
               "full runs table.", ""]
     lines += [line for line in made["table"].read_text().split("## Fits", 1)[1].split("## Figures")[0].strip().splitlines()]

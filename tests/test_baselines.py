@@ -218,3 +218,161 @@ def test_cnn_core_beats_the_mean_on_digital_mice(mice, mean_model):
     # NLL is not compared: after this short training it differs from the mean's by less than the mean's own noise.
     assert mean["response/correlation"] == 0.0
     assert ours["response/correlation"] > 0.05 and ours["sensorium/correlation"] > 0.05
+
+
+# --- the linear-nonlinear baseline ------------------------------------------------------------------------------------
+
+def _pooled_lags_reference(video_BxTxHxW, pool, lags):
+    """The LN design's video block, written out: standardize, average pool x pool cells, then for each lag l the
+    frame t - l (0 before the window), lag-major."""
+    B, T, H, W = video_BxTxHxW.shape
+    x = (video_BxTxHxW.astype(np.float64) - 113.0) / 59.0
+    pooled = x.reshape(B, T, H // pool, pool, W // pool, pool).mean(axis=(3, 5)).reshape(B, T, -1)
+    out = np.zeros((B, T, lags, pooled.shape[2]))
+    for t in range(T):
+        for lag in range(min(lags, t + 1)):
+            out[:, t, lag] = pooled[:, t - lag]
+    return out.reshape(B, T, -1)
+
+
+def _ridge_reference(x_SxD, y_S, alpha):
+    """Ridge with an unpenalized intercept by least squares on the augmented system [Xc; sqrt(n lam) I] w = [yc; 0],
+    lam = alpha * mean feature variance (the baselines' convention)."""
+    n, d = x_SxD.shape
+    mx, my = x_SxD.mean(0), y_S.mean()
+    xc = x_SxD - mx
+    lam = alpha * np.trace(xc.T @ xc / n) / d
+    augmented = np.vstack([xc, np.sqrt(n * lam) * np.eye(d)])
+    w = np.linalg.lstsq(augmented, np.concatenate([y_S - my, np.zeros(d)]), rcond=None)[0]
+    return np.append(w, my - mx @ w)
+
+
+def _ln_batches(rng, layout, weights, count, B=8, T=12, frame=(6, 8), pool=2, lags=3, noise=0.05, first_trial=0):
+    """Batches whose responses are 6 + (lagged pooled frames) @ w_video + behavior @ w_behavior + noise per session
+    (weights[k] = (w_video, w_behavior)); each example holds up to 4 of its session's neurons, in a random order."""
+    N = 4
+    batches = []
+    for i in range(count):
+        sessions = rng.integers(0, layout.num_sessions, B)
+        video = rng.integers(0, 256, (B, T, *frame)).astype(np.uint8)
+        behavior = rng.normal(size=(B, T, C)).astype(np.float32)
+        x = _pooled_lags_reference(video, pool, lags)
+        batch = {"responses": np.zeros((B, T, N), np.float32), "neuron_mask": np.zeros((B, N), bool),
+                 "neuron_index": np.zeros((B, N), np.int32), "session_index": sessions.astype(np.int32),
+                 "trial_index": np.arange(first_trial + i * B, first_trial + (i + 1) * B, dtype=np.int32),
+                 "example_mask": np.ones(B, bool), "eval_mask": np.ones((B, T), bool),
+                 "behavior_mask": np.ones((B, C), bool), "behavior": behavior, "video": video,
+                 "trial_offset": np.zeros(B, np.int32), "truth": np.zeros((B, T, N))}
+        for b, k in enumerate(sessions):
+            n = layout.n_neurons[k]
+            local = rng.permutation(n)[:N]
+            truth = 6 + x[b] @ weights[k][0][:, local] + behavior[b] @ weights[k][1][:, local]
+            batch["truth"][b, :, :len(local)] = truth
+            batch["responses"][b, :, :len(local)] = truth + noise * rng.normal(size=truth.shape)
+            batch["neuron_mask"][b, :len(local)] = True
+            batch["neuron_index"][b, :len(local)] = layout.row_offsets[k] + local
+        batches.append(batch)
+    return batches
+
+
+def test_ln_matches_a_ridge_reference_and_recovers_a_planted_linear_filter():
+    from omnimouse_jax.evaluate import baselines_ln
+
+    rng = np.random.default_rng(7)
+    layout = SessionLayout(("s0", "s1"), ("a", "b"), (4, 6))  # s0: every neuron in every example; s1: 4 of 6
+    lags, P = 3, 12  # 6 x 8 frames pooled 2 x 2 to 3 x 4 cells
+    weights = [(0.3 * rng.normal(size=(lags * P, n)), 0.5 * rng.normal(size=(C, n))) for n in layout.n_neurons]
+    train = _ln_batches(rng, layout, weights, 25)
+    model = baselines_ln.LNBaseline(layout, lags=(lags,), grid=(3, 4), alphas=(1e-4, 1e-2, 1.0, 100.0)).fit(train)
+    assert all(a <= 1e-2 for v in (True, False) for a in model.alpha[v][0])  # nearly noise-free: weak penalties
+    # Session 0: the coefficients are those of ridge on the training rows with a full history (t >= lags - 1), at
+    # each neuron's chosen penalty, with and without the behavior columns.
+    rows = [(b, batch) for batch in train for b in np.flatnonzero(batch["session_index"] == 0)]
+    x_video = np.concatenate([_pooled_lags_reference(batch["video"][b:b + 1], 2, lags)[0, lags - 1:]
+                              for b, batch in rows])
+    x_behavior = np.concatenate([batch["behavior"][b, lags - 1:] for b, batch in rows])
+    for v, x in ((True, np.concatenate([x_video, x_behavior], 1)), (False, x_video)):
+        for n in range(4):
+            y = np.concatenate([batch["responses"][b, lags - 1:, list(batch["neuron_index"][b]).index(n)]
+                                for b, batch in rows])
+            expected = _ridge_reference(x, y, model.alpha[v][0][n])
+            np.testing.assert_allclose(model.coef[v][0][:, n], expected, rtol=1e-4, atol=1e-4)
+    # Session 1 holds 6 neurons, 4 per example: the feature covariance comes from every row, each neuron's
+    # cross-moments from its own rows (responses centered by the neuron's training mean), as the module documents.
+    rows = [(b, batch) for batch in train for b in np.flatnonzero(batch["session_index"] == 1)]
+    x = np.concatenate([np.concatenate([_pooled_lags_reference(batch["video"][b:b + 1], 2, lags)[0, lags - 1:],
+                                        batch["behavior"][b, lags - 1:]], 1) for b, batch in rows])
+    mx, cxx = x.mean(0), np.cov(x.T, bias=True)
+    for n in range(6):
+        mine = [(i, list(batch["neuron_index"][b]).index(layout.row_offsets[1] + n))
+                for i, (b, batch) in enumerate(rows) if layout.row_offsets[1] + n in batch["neuron_index"][b]]
+        x_n = np.concatenate([x[i * (12 - lags + 1):(i + 1) * (12 - lags + 1)] for i, _ in mine])
+        y_n = np.concatenate([rows[i][1]["responses"][rows[i][0], lags - 1:, slot] for i, slot in mine])
+        y_n = y_n - model.mean_rows[layout.row_offsets[1] + n]
+        cxy = (x_n * y_n[:, None]).mean(0) - mx * y_n.mean()
+        lam = model.alpha[True][1][n] * np.trace(cxx) / len(cxx)
+        w = np.linalg.solve(cxx + lam * np.eye(len(cxx)), cxy)
+        np.testing.assert_allclose(model.coef[True][1][:-1, n], w, rtol=1e-4, atol=1e-4)
+    # That estimator is consistent but not exact: the planted weights, within the noise of 4-of-6 subsets.
+    planted = np.concatenate(weights[1])
+    assert np.corrcoef(model.coef[True][1][:-1].ravel(), planted.ravel())[0, 1] > 0.95
+
+    # Offered 1 or 3 frames of history, validation picks the 3 the responses depend on: the same fit.
+    choosing = baselines_ln.LNBaseline(layout, lags=(1, lags), grid=(3, 4), alphas=(1e-4, 1e-2, 1.0, 100.0))
+    choosing.fit(train)
+    assert all((h == lags).all() for v in (True, False) for h in choosing.history[v])
+    np.testing.assert_allclose(choosing.coef[True][0], model.coef[True][0], rtol=1e-6, atol=1e-9)
+
+    # Prediction: hidden frames are gray, so the linear stage is the reference design with those frames zeroed.
+    test = _ln_batches(rng, layout, weights, 1, first_trial=10_000)[0]
+    strategy = MaskingStrategy(n_visible_neurons=0, prefix_len=0, suffix_start=4, video_start=5)
+    masks = _masks(test, strategy)
+    g, fitted = model.linear(test, masks)
+    assert fitted.all()
+    video = np.where(masks.video_visible[:, :, None, None], test["video"], np.uint8(113))
+    x = np.concatenate([_pooled_lags_reference(video, 2, lags), test["behavior"]], axis=2)
+    for b in range(len(x)):
+        k = test["session_index"][b]
+        theta = model.coef[True][k][:, test["neuron_index"][b] - layout.row_offsets[k]]
+        np.testing.assert_allclose(g[b], x[b] @ theta[:-1] + theta[-1], rtol=1e-4, atol=1e-4)
+    # With the whole video visible the rates follow the planted function.
+    masks = _masks(test, PRESETS["video_behavior"])
+    rates = model.predict(test, masks)["rates"]
+    late = slice(lags - 1, None)
+    assert np.corrcoef(rates[:, late].ravel(), test["truth"][:, late].ravel())[0, 1] > 0.99
+
+
+def test_softplus_output_matches_a_direct_poisson_fit():
+    from scipy.optimize import minimize
+
+    from omnimouse_jax.evaluate.baselines_ln import fit_softplus_output
+
+    rng = np.random.default_rng(8)
+    truth = [(0.5, 1.0), (2.0, -1.0), (1.0, 0.2)]
+    rows = np.repeat(np.arange(3), 2000)
+    g = rng.normal(size=rows.size)
+    a_true, b_true = np.array(truth).T
+    y = rng.poisson(np.logaddexp(0, a_true[rows] * g + b_true[rows])).astype(np.float64)
+    a, b = fit_softplus_output(rows, g, y, num_rows=4)  # row 3 has no elements
+    assert (a[3], b[3]) == (0.0, 0.0)
+    for r in range(3):
+        def nll(p, r=r):
+            rate = np.logaddexp(0, p[0] * g[rows == r] + p[1])
+            return np.sum(rate - y[rows == r] * np.log(rate))
+        direct = minimize(nll, x0=[1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10}).x
+        np.testing.assert_allclose([a[r], b[r]], direct, atol=1e-4)
+        np.testing.assert_allclose([a[r], b[r]], truth[r], atol=0.15)
+
+
+def test_ln_beats_the_mean_on_digital_mice(mice, mean_model):
+    from omnimouse_jax.evaluate import baselines_ln
+
+    model = baselines_ln.LNBaseline(mice["layout"]).fit(mice["train"])
+    scores = {p: _evaluate(model, mice, PRESETS[p]) for p in ("video_behavior", "video_only")}
+    mean = _evaluate(mean_model, mice, PRESETS["video_behavior"])
+    assert scores["video_only"]["response/correlation"] > 0.05
+    # Behavior is a gain on these mice: the variant that reads it predicts better.
+    assert scores["video_behavior"]["response/correlation"] > scores["video_only"]["response/correlation"] + 0.02
+    # From 24 training trials per mouse the stimulus-only variant's Poisson NLL is about the mean's (its output
+    # nonlinearity is fit in-sample); with behavior it is better.
+    assert scores["video_behavior"]["response/poisson_nll"] < mean["response/poisson_nll"]

@@ -46,7 +46,7 @@ def result(workdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate_out")
     # The CNN baseline is left out here (its compiles cost more than the rest); tests/test_baselines.py trains it.
     options = R.EvalOptions(train_batches=6, num_threads=1)
-    return R.evaluate_workdir(workdir, out=out / "eval.json", baselines=("mean", "persistence", "ridge"),
+    return R.evaluate_workdir(workdir, out=out / "eval.json", baselines=("mean", "persistence", "ridge", "ln"),
                               baseline_workdirs={"twin": str(workdir)}, options=options, save_predictions=SAVED,
                               sensorium_submission=out / "submission.parquet"), out
 
@@ -65,12 +65,55 @@ def test_json_has_the_contract_keys_and_every_valid_preset(result):
         assert {"model", "baselines", "ceiling", "fraction_of_ceiling"} <= set(entry)
         assert {"mean", "persistence", "twin"} <= set(entry["baselines"])
         assert ("ridge" in entry["baselines"]) == (not preset.startswith("video_"))
+        assert ("ln" in entry["baselines"]) == R.Baselines.applicable("ln", preset)
     assert res["columns"] == {c: list(v) for c, v in R.PAPER_COLUMNS.items()}
     assert res["columns"]["Neural prediction"] == ["video_behavior", "response/correlation"]
-    assert list(res["table"]["Forecast"]) == ["model", "twin", "mean", "persistence", "ridge", "ceiling"]
+    assert list(res["table"]["Forecast"]) == ["model", "twin", "mean", "persistence", "ridge", "ln", "ceiling"]
+    assert res["table"]["Neural prediction"]["ln"] == res["regimes"]["video_behavior"]["baselines"]["ln"][
+        "response/correlation"]
     assert res["table"]["Population"]["model"] is None
     md = (out / "eval.md").read_text()
     assert "| model |" in md and "Neural prediction" in md and "population_64_response" in md
+
+
+def test_input_ablation_in_every_regime_that_shows_the_input(result):
+    res, out = result
+    assert res["evaluation"]["ablation"] is True
+    ablated = {p: R.ablated_inputs(p) for p in res["presets"] if R.ablated_inputs(p)}
+    # The presets with response targets that show video or encode behavior, e.g. both in video_behavior.
+    assert ablated["video_behavior"] == ["video", "behavior"] and ablated["video_only"] == ["video"]
+    assert ablated["causal_response_25_behavior"] == ["behavior"] and "causal_response_25" not in ablated
+    assert "all_response_video" not in ablated  # no response targets
+    for preset, entry in res["regimes"].items():
+        assert ("ablation" in entry) == (preset in ablated), preset
+        if preset not in ablated:
+            continue
+        ablation = entry["ablation"]
+        assert ablation["excluded"] == 0 and ablation["examples"] > 0
+        intact = ablation["intact"]["response/correlation"]
+        # Every example has a donor, so the intact column is the regime's model score.
+        assert intact == pytest.approx(entry["model"]["response/correlation"], abs=1e-9)
+        assert set(ablation) == {"metric", "examples", "excluded", "intact", *ablated[preset]}
+        for name in ablated[preset]:
+            assert ablation[name]["drop"] == pytest.approx(intact - ablation[name]["response/correlation"])
+    assert res["ablation"]["unused"] == R.unused_inputs(res["regimes"])
+    assert res["ablation"]["min_drop"] == R.ABLATION_MIN_DROP
+    md = (out / "eval.md").read_text()
+    assert "## Input ablation" in md and "| video_behavior |" in md.split("## Input ablation")[1]
+    for name, regimes in res["ablation"]["unused"].items():
+        assert (f"WARNING: the model does not use the {name} in regimes {', '.join(regimes)} " in md) == bool(regimes)
+
+
+def test_no_ablation_flag(workdir, tmp_path):
+    from omnimouse_jax.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--workdir", str(workdir), "--regimes", "video_only", "--baselines", "none",
+                 "--max-batches", "1", "--no-ablation", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["evaluation"]["ablation"] is False and "ablation" not in res
+    assert "ablation" not in res["regimes"]["video_only"]
+    assert "Input ablation" not in out.with_suffix(".md").read_text()
 
 
 def test_digital_mice_report_the_planted_parameters_of_the_evaluated_checkpoint(result, workdir, store):
@@ -204,7 +247,7 @@ def test_sensorium_submission_layout_and_values(result, store):
     (["--regimes", "nope"], r"--regimes: \['nope'\] not a regime; expected 'all', 'paper' or names from video_beh"),
     (["--regimes", "population_64_response"], r"do not fit this model .*max_neurons=32"),
     (["--split", "test_bonus"], r"--split 'test_bonus': no trials .*splits with trials: .*test"),
-    (["--baselines", "svm"], r"--baselines: \['svm'\] unknown; expected names from mean, persistence, ridge, cnn"),
+    (["--baselines", "svm"], r"--baselines: \['svm'\] unknown; expected names from mean, persistence, ridge, cnn, ln"),
 ])
 def test_bad_regime_and_split_are_one_line_errors(workdir, argv, message, capsys):
     import re
@@ -231,6 +274,9 @@ def test_where_baselines_apply():
     assert R.Baselines.applicable("ridge", "population_64_response")
     assert R.Baselines.applicable("ridge", "all_response_only")
     assert not R.Baselines.applicable("ridge", "video_only")  # no visible responses
+    assert R.Baselines.applicable("ln", "video_only") and R.Baselines.applicable("ln", "causal_response_25_video")
+    assert not R.Baselines.applicable("ln", "causal_response_25")  # no video to read
+    assert not R.Baselines.applicable("ln", "all_response_video")  # no response targets
     assert all(R.Baselines.applicable("mean", p) for p in masking.EVAL_PRESETS)
 
 

@@ -16,11 +16,34 @@ Predictors, reported under "baselines" beside the model:
                       (responses -> behavior); not run where no response is visible (video-only regimes)
   cnn                 stimulus-only convolutional core (baselines_cnn.py), in regimes with video visible, trained on
                       short training windows for a small step budget
+  ln                  linear-nonlinear encoding model per neuron (baselines_ln.py): ridge from lagged pooled frames
+                      (and the visible behavior where the regime encodes it) with a softplus output, in regimes with
+                      video visible and response targets
   NAME                a specialized single-task model (a workdir trained with --config.masking.mix=PRESET), in the
                       regimes of its training mix
   ceiling             digital mice only: the true rates (the store's `true_rates`, scaled like the responses), the best
                       any model can do; fraction_of_ceiling = metric / ceiling metric for correlation metrics
 Baselines are fit on the first `train_batches` training batches of the same pipeline (ridge per regime family).
+
+Input ablation (EvalOptions.ablation, default on). In every regime with response targets whose preset shows video
+(video_len != 0), the model is scored again with the video of each example replaced by another window's (the masks
+unchanged), and in every such regime that encodes behavior, with the behavior and behavior_mask replaced likewise:
+one extra forward per (batch, regime, ablated input), through the same compiled function. The donors are a fixed
+derangement of windows: batch j of the n chosen batches takes its inputs from batch (j + n // 2) mod n, example by
+example: the r-th real example from the first real example of the donor batch, in cyclic order from its r-th, that
+belongs to another trial (failing that, to another window; donor_examples). Donors come from another batch
+because the examples of one evaluation batch are mostly overlapping windows of one trial, or the same window with
+another chunk of a large session's neurons, whose videos are nearly or exactly the example's own. With one batch
+the derangement is within it (starting half the batch away); an example left without a donor from another window
+is scored in neither the intact nor the shuffled column. eval.json, per ablated regime:
+    regimes[name]["ablation"] = {"metric": "response/correlation", "examples": scored examples,
+                                 "excluded": real examples without a donor,
+                                 "intact": {"response/correlation": .., "response/poisson_nll": ..},
+                                 "video": {"response/correlation": .., "response/poisson_nll": .., "drop": ..},
+                                 "behavior": {...}}            (only the inputs the preset shows)
+drop = intact - shuffled correlation. Top level: "ablation" = {"metric", "min_drop": ABLATION_MIN_DROP, "donors",
+"unused": {"video": [regimes], "behavior": [regimes]}}: the regimes whose drop is below ABLATION_MIN_DROP, which
+eval.md flags with a WARNING line per input.
 
 Paper columns (PAPER_COLUMNS) map each column of the paper's results table to (preset, metric key). "Gaze" is the
 mean of the pupil_x and pupil_y correlations, added to every result as GAZE_KEY.
@@ -30,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -52,7 +76,14 @@ PAPER_COLUMNS: dict[str, tuple[str, str]] = {
     "Running": ("all_response_only", "behavior/running_speed/correlation"),
     "Neural prediction": ("video_behavior", "response/correlation"),
 }
-BASELINES = ("mean", "persistence", "ridge", "cnn")
+BASELINES = ("mean", "persistence", "ridge", "cnn", "ln")
+ABLATION_METRIC = "response/correlation"
+# A shuffled input that lowers ABLATION_METRIC by less than this (absolute) is reported as unused by the model.
+ABLATION_MIN_DROP = 0.01
+# The batch fields each ablated input replaces.
+ABLATED_FIELDS = {"video": ("video",), "behavior": ("behavior", "behavior_mask")}
+ABLATION_DONORS = ("each example takes the input of the same-rank example of the evaluation batch half the chosen "
+                   "batches away, or the next one there from another trial, else from another window")
 CEILING_FIELD = "true_rates"
 SUBMISSION_PRESET = "video_behavior"  # the Sensorium task: responses from the video and behavior
 
@@ -61,7 +92,8 @@ SUBMISSION_PRESET = "video_behavior"  # the Sensorium task: responses from the v
 class EvalOptions:
     """Budget knobs. max_batches: evaluate at most this many evaluation batches, spread evenly over the split (None:
     all). train_batches: training batches the classical baselines are fit on. cnn_steps/cnn_block: the CNN's training
-    steps and window length. batch_size: global evaluation batch (None: the model's training batch size)."""
+    steps and window length. batch_size: global evaluation batch (None: the model's training batch size).
+    ablation: also score the model with its video and behavior inputs shuffled (module docstring)."""
 
     max_batches: int | None = None
     train_batches: int = 40
@@ -69,6 +101,7 @@ class EvalOptions:
     cnn_block: int = 20
     batch_size: int | None = None
     num_threads: int = 2
+    ablation: bool = True
 
 
 # --- regime selection -------------------------------------------------------------------------------------------------
@@ -224,11 +257,12 @@ class Baselines:
 
     def __init__(self, names: Sequence[str], store, layout, *, block: int, max_neurons: int, seed: int,
                  options: EvalOptions, log: Callable[[str], None]):
-        from omnimouse_jax.evaluate import baselines, baselines_cnn
+        from omnimouse_jax.evaluate import baselines, baselines_ln
 
         self.names = list(names)
         self.models: dict = {}
         self._cnn_cache: dict = {}
+        self.fit_seconds: dict[str, float] = {}
         if not self.names:
             return
         windows = pipeline.TrainWindows(store, layout, block=block, max_neurons=max_neurons, global_batch=8,
@@ -236,28 +270,38 @@ class Baselines:
         train = list(itertools.islice(pipeline.train_dataset(windows, num_threads=options.num_threads),
                                       options.train_batches))
         log(f"baselines: fitting {', '.join(self.names)} on {len(train)} training batches")
-        if "mean" in self.names:
-            self.models["mean"] = baselines.MeanBaseline(layout).fit(train)
-        if "persistence" in self.names:
-            self.models["persistence"] = baselines.PersistenceBaseline(layout).fit(train)
-        if "ridge" in self.names:
-            self.models["ridge"] = RidgeRegimes(layout, train)
-        if "cnn" in self.names:
-            short = pipeline.TrainWindows(store, layout, block=min(options.cnn_block, block), max_neurons=max_neurons,
-                                          global_batch=8, seed=seed + 1)
-            config = baselines_cnn.CNNConfig(channels=8, layers=2, steps=options.cnn_steps, learning_rate=1e-2,
-                                             seed=seed)
-            self.models["cnn"] = baselines_cnn.CNNBaseline(layout, config).fit(
-                itertools.islice(pipeline.train_dataset(short, num_threads=options.num_threads), options.cnn_steps))
+        fits = {
+            "mean": lambda: baselines.MeanBaseline(layout).fit(train),
+            "persistence": lambda: baselines.PersistenceBaseline(layout).fit(train),
+            "ridge": lambda: RidgeRegimes(layout, train),
+            "ln": lambda: baselines_ln.LNBaseline(layout).fit(train),
+            "cnn": lambda: self._fit_cnn(store, layout, block, max_neurons, seed, options),
+        }
+        for name in BASELINES:  # a fixed order, whatever the order of `names`
+            if name in self.names:
+                start = time.monotonic()
+                self.models[name] = fits[name]()
+                self.fit_seconds[name] = time.monotonic() - start
+        log("baselines: fit in " + ", ".join(f"{n} {t:.0f} s" for n, t in self.fit_seconds.items()))
+
+    @staticmethod
+    def _fit_cnn(store, layout, block, max_neurons, seed, options):
+        from omnimouse_jax.evaluate import baselines_cnn
+
+        short = pipeline.TrainWindows(store, layout, block=min(options.cnn_block, block), max_neurons=max_neurons,
+                                      global_batch=8, seed=seed + 1)
+        config = baselines_cnn.CNNConfig(channels=8, layers=2, steps=options.cnn_steps, learning_rate=1e-2, seed=seed)
+        return baselines_cnn.CNNBaseline(layout, config).fit(
+            itertools.islice(pipeline.train_dataset(short, num_threads=options.num_threads), options.cnn_steps))
 
     @staticmethod
     def applicable(name: str, preset: str) -> bool:
-        """Whether baseline `name` is reported in `preset`: ridge needs visible responses, the CNN visible video and
-        response targets; the trivial baselines apply everywhere."""
+        """Whether baseline `name` is reported in `preset`: ridge needs visible responses, the CNN and LN models
+        visible video and response targets; the trivial baselines apply everywhere."""
         s = masking.PRESETS[preset]
         if name == "ridge":
             return RidgeRegimes.applies(s)
-        if name == "cnn":
+        if name in ("cnn", "ln"):
             return s.video_len != 0 and _response_target(s)
         return True
 
@@ -271,11 +315,112 @@ class Baselines:
             if key not in self._cnn_cache:
                 self._cnn_cache[key] = self.models[name].predict(batch, masks)
             return self._cnn_cache[key]
+        if name == "ln":  # reads the visible frames and, where shown, the behavior: shared like the CNN's
+            key = ("ln", np.asarray(masks.video_visible).tobytes(), np.asarray(masks.behavior_visible).tobytes())
+            if key not in self._cnn_cache:
+                self._cnn_cache[key] = self.models[name].predict(batch, masks)
+            return self._cnn_cache[key]
         return self.models[name].predict(batch, masks)
 
     def start_batch(self) -> None:
         """Forgets the previous batch's shared predictions."""
         self._cnn_cache = {}
+
+
+# --- input ablation ---------------------------------------------------------------------------------------------------
+
+def ablated_inputs(preset: str) -> list[str]:
+    """The inputs (names in ABLATED_FIELDS) whose shuffling is scored in `preset`: the video where it is visible,
+    the behavior where it is encoded; none without response targets."""
+    s = masking.PRESETS[preset]
+    if not _response_target(s):
+        return []
+    return [name for name, shown in (("video", s.video_len != 0), ("behavior", s.behavior_encoded)) if shown]
+
+
+def donor_examples(batch: Mapping[str, np.ndarray], donor: Mapping[str, np.ndarray], *,
+                   same_batch: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(donor example index (B,), has a donor (B,)): for each real example of `batch`, an example of `donor` from
+    another trial, else from another window; see the module docstring. Padding examples have no donor."""
+    B = len(batch["example_mask"])
+    index, valid = np.arange(B), np.zeros(B, bool)
+    own = np.flatnonzero(batch["example_mask"])
+    candidates = np.flatnonzero(donor["example_mask"])
+    if not len(own) or not len(candidates):
+        return index, valid
+    trial = lambda b, i: (int(b["session_index"][i]), int(b["trial_index"][i]))  # noqa: E731
+    window = lambda b, i: (int(b["session_index"][i]), int(b["window_start"][i]))  # noqa: E731
+    n = len(candidates)
+    for rank, i in enumerate(own):
+        first = (rank + n // 2) % n if same_batch else rank % n
+        order = candidates[np.roll(np.arange(n), -first)]
+        for differs in (trial, window):
+            found = [j for j in order if differs(donor, j) != differs(batch, i)]
+            if found:
+                index[i], valid[i] = found[0], True
+                break
+    return index, valid
+
+
+class InputAblation:
+    """The model's scores with shuffled inputs, per regime (module docstring): `prepare` builds the shuffled
+    batches of one evaluation batch, `update` scores a prediction, `entry` gives a regime's eval.json entry."""
+
+    def __init__(self, presets: Sequence[str], layout):
+        from omnimouse_jax.evaluate.metrics import MetricSuite
+
+        self.inputs = {p: ablated_inputs(p) for p in presets if ablated_inputs(p)}
+        self.suites = {(p, name): MetricSuite(layout) for p, names in self.inputs.items()
+                       for name in ("intact", *names)}
+        self.examples = self.excluded = 0
+
+    def presets_of(self, name: str) -> list[str]:
+        return [p for p, names in self.inputs.items() if name in names]
+
+    def prepare(self, host, donor, *, same_batch: bool) -> tuple[dict[str, dict], dict]:
+        """({input: host batch with that input taken from the donors}, the host batch restricted to the examples
+        that have a donor, for scoring)."""
+        index, valid = donor_examples(host, donor, same_batch=same_batch)
+        real = np.asarray(host["example_mask"], bool)
+        self.examples += int(valid.sum())
+        self.excluded += int((real & ~valid).sum())
+        shuffled = {}
+        for name in {n for names in self.inputs.values() for n in names}:
+            batch = dict(host)
+            for field in ABLATED_FIELDS[name]:
+                batch[field] = np.where(valid.reshape(-1, *[1] * (host[field].ndim - 1)), donor[field][index],
+                                        host[field])
+            shuffled[name] = batch
+        return shuffled, {**host, "example_mask": real & valid}
+
+    def update(self, preset: str, name: str, predictions, scored_host, masks) -> None:
+        """Scores `predictions` (only their rates) of `preset` with input `name` shuffled, or "intact"."""
+        self.suites[(preset, name)].update({"rates": predictions["rates"]}, scored_host, masks)
+
+    def entry(self, preset: str) -> dict:
+        """regimes[preset]["ablation"] of eval.json."""
+        keys = (ABLATION_METRIC, "response/poisson_nll")
+        intact = self.suites[(preset, "intact")].result()
+        out = {"metric": ABLATION_METRIC, "examples": self.examples, "excluded": self.excluded,
+               "intact": {k: intact.get(k) for k in keys}}
+        for name in self.inputs[preset]:
+            shuffled = self.suites[(preset, name)].result()
+            base, value = intact.get(ABLATION_METRIC), shuffled.get(ABLATION_METRIC)
+            out[name] = {**{k: shuffled.get(k) for k in keys},
+                         "drop": None if base is None or value is None else base - value}
+        return out
+
+
+def unused_inputs(regimes: Mapping[str, dict], min_drop: float = ABLATION_MIN_DROP) -> dict[str, list[str]]:
+    """{input: regimes whose ablation drop is below min_drop} over eval.json's regimes (regimes without a defined
+    drop are left out)."""
+    out: dict[str, list[str]] = {name: [] for name in ABLATED_FIELDS}
+    for preset, entry in regimes.items():
+        for name in ABLATED_FIELDS:
+            drop = entry.get("ablation", {}).get(name, {}).get("drop")
+            if drop is not None and drop < min_drop:
+                out[name].append(preset)
+    return out
 
 
 # --- outputs beside the metrics ---------------------------------------------------------------------------------------
@@ -505,11 +650,13 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     output_dir = Path(out).parent if out is not None else workdir
     submission = (SensoriumSubmission(sensorium_submission, windows, layout)
                   if sensorium_submission is not None else None)
-    log(f"evaluating {len(presets)} regimes on {len(chosen)} of {total} batches of split {split!r}")
+    ablation = InputAblation(presets, layout) if options.ablation else None
+    log(f"evaluating {len(presets)} regimes on {len(chosen)} of {total} batches of split {split!r}"
+        + (f", {sum(map(len, ablation.inputs.values()))} with shuffled inputs" if ablation and ablation.inputs else ""))
     try:
         scores = _score(presets, windows, chosen, model, specialized, fitted, ceiling, store, split, options,
                         recorders={p: PredictionRecorder() for p in save_predictions}, submission=submission,
-                        output_dir=output_dir, log=log)
+                        output_dir=output_dir, log=log, ablation=ablation)
     except BaseException:
         if submission is not None:
             submission.abort()
@@ -518,6 +665,9 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
         submission.close()
 
     results = {p: _regime_entry(scores[p]) for p in presets}
+    if ablation is not None:
+        for p in ablation.inputs:
+            results[p]["ablation"] = ablation.entry(p)
     rows = ["model", *specialized, *fitted.names] + (["ceiling"] if ceiling else [])
     table, fractions, columns = paper_table(results, rows)
     result = {
@@ -529,10 +679,15 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
         "evaluation": {"batches": int(len(chosen)), "total_batches": int(total), "batch_size": batch_size,
                        "window_stride": stride, "train_batches": options.train_batches,
                        "cnn_steps": options.cnn_steps if "cnn" in fitted.names else 0,
+                       "ablation": options.ablation,
+                       "baseline_fit_s": {n: round(t, 1) for n, t in fitted.fit_seconds.items()},
                        "baseline_workdirs": {n: str(m.trained.workdir) for n, (m, _) in specialized.items()},
                        "ceiling": ceiling},
         "regimes": results, "table": table, "fraction_table": fractions, "columns": columns,
     }
+    if ablation is not None:
+        result["ablation"] = {"metric": ABLATION_METRIC, "min_drop": ABLATION_MIN_DROP, "donors": ABLATION_DONORS,
+                              "unused": unused_inputs(results)}
     if submission is not None:
         result["sensorium_submission"] = {"path": str(sensorium_submission), "trials": submission.rows}
     truth = store_path / "ground_truth"
@@ -547,9 +702,13 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
 
 
 def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store, split, options, *, recorders,
-           submission, output_dir, log) -> dict[str, dict[str, dict]]:
+           submission, output_dir, log, ablation: InputAblation | None = None) -> dict[str, dict[str, dict]]:
     """One pass over the chosen batches: {preset: {predictor: metrics}} for the model, the specialized models, the
-    baselines that apply and (with `ceiling`) the true rates; saves the recorders' predictions under output_dir."""
+    baselines that apply and (with `ceiling`) the true rates; saves the recorders' predictions under output_dir and
+    feeds `ablation` the model's predictions with shuffled inputs.
+
+    `model` and the specialized predictors need only `device_batch(host)`, `dispatch(device_batch, preset)` (which
+    may start the work asynchronously) and `fetch(result) -> (predictions, masks)` (ModelPredictor's interface)."""
     from omnimouse_jax.evaluate.metrics import MetricSuite, repeated_trials
 
     trial_videos = repeated_trials(store, windows.reader.layout, split)
@@ -563,23 +722,40 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
         names = ["model", *(n for n, (_, its) in specialized.items() if p in its),
                  *(n for n in fitted.names if fitted.applicable(n, p)), *(["ceiling"] if ceiling else [])]
         suites[p] = {name: suite(p) for name in names}
+    chosen = [int(c) for c in chosen]
+    ablating = ablation is not None and bool(ablation.inputs)
+    # The donors of batch j: batch (j + n // 2) mod n of the chosen ones, read by a second pass in step.
+    donors = (iter(pipeline.eval_dataset(windows, num_threads=options.num_threads,
+                                         batches=[chosen[(j + len(chosen) // 2) % len(chosen)]
+                                                  for j in range(len(chosen))]))
+              if ablating else None)
     for done, host in enumerate(pipeline.eval_dataset(windows, num_threads=options.num_threads, batches=chosen)):
         fitted.start_batch()
         pending = {}  # every prediction starts before any is awaited
         for name, (predictor, its) in [("model", (model, presets)), *specialized.items()]:
             device_batch = predictor.device_batch(host)
             pending.update({(name, p): predictor.dispatch(device_batch, p) for p in its})
+        if ablating:
+            shuffled, scored = ablation.prepare(host, next(donors), same_batch=len(chosen) == 1)
+            for name, batch in shuffled.items():
+                device_batch = model.device_batch(batch)
+                pending.update({("ablation", name, p): model.dispatch(device_batch, p)
+                                for p in ablation.presets_of(name)})
         for p in presets:
-            predictions, masks = ModelPredictor.fetch(pending[("model", p)])
+            predictions, masks = model.fetch(pending[("model", p)])
             for name, metrics in suites[p].items():
                 if name == "model":
                     metrics.update(predictions, host, masks)
                 elif name == "ceiling":
                     metrics.update({"rates": host[CEILING_FIELD]}, host, masks)
                 elif name in specialized:
-                    metrics.update(ModelPredictor.fetch(pending[(name, p)])[0], host, masks)
+                    metrics.update(specialized[name][0].fetch(pending[(name, p)])[0], host, masks)
                 else:
                     metrics.update(fitted.predict(name, host, masks, p), host, masks)
+            if ablating and p in ablation.inputs:
+                ablation.update(p, "intact", predictions, scored, masks)
+                for name in ablation.inputs[p]:
+                    ablation.update(p, name, model.fetch(pending[("ablation", name, p)])[0], scored, masks)
             if p in recorders:
                 recorders[p].update(predictions, host, masks)
             if submission is not None and p == SUBMISSION_PRESET:

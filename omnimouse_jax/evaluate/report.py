@@ -1,10 +1,11 @@
 """`omnimouse evaluate`: a trained workdir in every regime, with baselines beside it, as JSON and paper-style tables.
 
     omnimouse evaluate --workdir W [--regimes all|paper|a,b] [--split test] [--out W/eval.json]
-        [--baselines mean,persistence,ridge,cnn|none] [--baseline-workdirs NAME=W2,...] [--max-batches N]
-        [--sensorium-submission FILE.parquet] [--save-predictions a,b]
+        [--baselines mean,persistence,ridge,cnn,ln|none] [--baseline-workdirs NAME=W2,...] [--max-batches N]
+        [--sensorium-submission FILE.parquet] [--save-predictions a,b] [--no-ablation]
 
-Writes eval.json (see evaluate/regimes.py for its keys) and eval.md (the tables) and prints the paper-style table.
+Writes eval.json (see evaluate/regimes.py for its keys) and eval.md (the tables) and prints the paper-style table and
+the input-ablation warnings.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def add_arguments(parser) -> None:
                         help="test (default), validation, oracle, train, test_bonus, or a tier name")
     parser.add_argument("--out", default=None, help="eval.json path (default: WORKDIR/eval.json); eval.md beside it")
     parser.add_argument("--store", default=None, help="session store (default: the one the model was trained on)")
-    parser.add_argument("--baselines", default="mean,persistence,ridge,cnn",
-                        help="comma-separated from mean, persistence, ridge, cnn; or 'none'")
+    parser.add_argument("--baselines", default="mean,persistence,ridge,cnn,ln",
+                        help="comma-separated from mean, persistence, ridge, cnn, ln; or 'none'")
     parser.add_argument("--baseline-workdirs", default="",
                         help="specialized models as NAME=WORKDIR,... (trained with --config.masking.mix=PRESET)")
     parser.add_argument("--max-batches", type=int, default=None,
@@ -37,6 +38,9 @@ def add_arguments(parser) -> None:
                         help="comma-separated regimes whose scored predictions go to OUT_DIR/predictions/REGIME.npz")
     parser.add_argument("--sensorium-submission", default=None, metavar="FILE.parquet",
                         help="also write Sensorium 2023 predictions for the split's trials (frames after the first 50)")
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false",
+                        help="skip the input ablation (the model rescored with its video and behavior shuffled "
+                             "across windows: one extra forward per batch, regime and input)")
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -58,7 +62,7 @@ def run(args) -> int:
             raise UserError(f"--{flag.replace('_', '-')} {value}: expected a positive number")
     baselines = [] if args.baselines.strip() == "none" else regime_names(args.baselines)
     options = EvalOptions(max_batches=args.max_batches, train_batches=args.train_batches, cnn_steps=args.cnn_steps,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, ablation=args.ablation)
     out = Path(args.out) if args.out else Path(args.workdir) / "eval.json"
     result = evaluate_workdir(
         args.workdir, regimes=args.regimes, split=args.split, baselines=baselines, out=out, step=args.step,
@@ -66,6 +70,8 @@ def run(args) -> int:
         save_predictions=regime_names(args.save_predictions), sensorium_submission=args.sensorium_submission,
         log=lambda message: print(message, file=sys.stderr, flush=True))
     print(paper_markdown(result))
+    for line in ablation_warnings(result):
+        print(line)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
 
@@ -104,6 +110,39 @@ def paper_markdown(result: dict) -> str:
     return "\n".join(text)
 
 
+def ablation_warnings(result: dict) -> list[str]:
+    """One WARNING line per input that the model does not use in some regime (result["ablation"]["unused"])."""
+    ablation = result.get("ablation")
+    if not ablation:
+        return []
+    return [f"WARNING: the model does not use the {name} in regimes {', '.join(regimes)} (shuffling it across "
+            f"windows lowers {ablation['metric']} by less than {ablation['min_drop']:g})"
+            for name, regimes in ablation["unused"].items() if regimes]
+
+
+def ablation_markdown(result: dict, heading: str = "##") -> str:
+    """The "Input ablation" section (under a `heading` title): the table (regime, intact, each input shuffled, each
+    drop) and its warnings; "" when the evaluation has no ablation."""
+    entries = {p: e["ablation"] for p, e in result["regimes"].items() if "ablation" in e}
+    if not entries or not result.get("ablation"):
+        return ""
+    ablation = result["ablation"]
+    names = [n for n in ablation["unused"] if any(n in e for e in entries.values())]
+    value = lambda entry, name, key: entry.get(name, {}).get(key)  # noqa: E731
+    rows = [[preset, _cell(entry["intact"][ablation["metric"]]),
+             *(_cell(value(entry, n, ablation["metric"])) for n in names),
+             *(_cell(value(entry, n, "drop")) for n in names)] for preset, entry in entries.items()]
+    first = next(iter(entries.values()))
+    text = [f"{heading} Input ablation", "",
+            f"The model's {ablation['metric']} with each input taken from another window ({ablation['donors']}; the "
+            f"masks unchanged); drop = intact - shuffled. {first['examples']} examples scored"
+            + (f", {first['excluded']} without a donor left out" if first["excluded"] else "") + ".", "",
+            _markdown_table(["regime", "intact", *(f"{n} shuffled" for n in names), *(f"drop ({n})" for n in names)],
+                            rows)]
+    warnings = ablation_warnings(result)
+    return "\n".join(text + ([""] + warnings if warnings else []))
+
+
 def _primary(metrics: dict) -> str | None:
     for key in ("response/correlation", "behavior/correlation"):
         if key in metrics:
@@ -123,6 +162,9 @@ def markdown(result: dict) -> str:
              _markdown_table(["regime", "metric", *rows], per_regime)]
     if result["presets_skipped"]:
         parts += ["", "Skipped (do not fit this model): " + ", ".join(result["presets_skipped"]) + "."]
+    ablation = ablation_markdown(result)
+    if ablation:
+        parts += ["", ablation]
     if result.get("planted_r2"):
         parts += ["", "## Planted neuron parameters read from the learned embeddings", "",
                   "Cross-validated R^2 of a linear map from each neuron's embedding to its ground-truth parameter "
