@@ -3,7 +3,8 @@
     omnimouse train --config experiments/configs/omnimouse.py:size=tiny --workdir W
 
 Sizes: `test` (unit tests, seconds on CPU), `tiny` (the CPU demo), and the paper's 1M, 5M, 20M, 80M, 300M (widths,
-depths, heads, video stages and local:global ratios from the paper's table; every other setting from its code).
+depths, heads, video stages and local:global ratios from the paper's table; the other settings follow its code except
+where docs/fidelity.md lists a departure, with its reason and measured effect).
 
 About the size names: the paper names sizes by the self-attention stack (about 12 d_model^2 per layer: 4 for
 attention, 8 for the gated FFN with hidden multiple 2.67). Our `backbone` count reproduces that within 25% for
@@ -49,7 +50,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # The paper's code: the decoder's queries read the video tokens and latents of their time window and the
         # global tokens; the session's and animal's embedding is added to every latent and behavior token.
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
-        neuron_rf_init="centre", decoder_video_attention="joint",
+        neuron_rf_init="centre", decoder_video_attention="joint", readout_gain=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,
@@ -71,6 +72,11 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     # "The population decoder"); not yet validated at the paper's sizes.
     model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning",
                  population_decoder=True)
+    # The video readout: each neuron's decoder logits over the video tokens carry a learned spatio-temporal Gaussian
+    # receptive field started at its reverse-correlation map, in a softmax of their own, and the neuron's embedding
+    # scales the decoder's output before the shared head (docs/evaluation.md, "Learning the stimulus").
+    model.update(video_readout_prior="gaussian", neuron_rf_init="mapped", decoder_video_attention="separate",
+                 readout_gain=True)
     if size == "tiny":
         # 128 neurons per example: a step costs 0.63 s instead of 0.99 s at 256 on 2 cores, and the paper's regimes
         # (64 visible + 64 held out) still fit.

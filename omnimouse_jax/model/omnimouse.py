@@ -69,7 +69,7 @@ RF_SIZE_MAPPED = 0.15
 ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random",
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
-                 "decoder_video_attention": "joint"}
+                 "decoder_video_attention": "joint", "readout_gain": False}
 _INIT = nnx.initializers.normal(0.02)
 
 
@@ -197,6 +197,13 @@ class OmniMouse(nnx.Module):
             cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
             rngs=rngs) if cfg.response_gain else None
+        # Readout gain: each neuron's embedding scales the decoder's output channels before the shared response head,
+        # so that the head's weights become neuron-specific (which features drive which neuron, as in a factorized
+        # readout). Zero at init.
+        self.readout_gain = nnx.Linear(
+            cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
+            rngs=rngs) if cfg.readout_gain else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
@@ -360,6 +367,8 @@ class OmniMouse(nnx.Module):
         out_resp, out_beh = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5,
                                          deterministic)
         c = cfg.behavior_channels
+        if self.readout_gain is not None:
+            out_resp = out_resp * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])
         samples_BxNxT = self.response_head(out_resp).reshape(b, n, t).astype(jnp.float32)
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta

@@ -36,13 +36,16 @@ class NeuronIdentity(nnx.Module):
         def table(init, shape, *axes):
             return nnx.Param(partitioned(init, *axes)(rngs.params(), shape))
 
-        self.neuron_table = table(_TABLE_INIT, (num_neuron_rows, d_embed), "neuron_rows", "neuron_embed")
+        # Embeddings start at std d_embed^-0.5, as in the paper's code (unit-norm rows): a neuron's identity is then
+        # as large in the decoder's queries as what they read, so neurons differ from the first step.
+        self.embed_init = nnx.initializers.normal(d_embed ** -0.5)
+        self.neuron_table = table(self.embed_init, (num_neuron_rows, d_embed), "neuron_rows", "neuron_embed")
         self.neuron_bias = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows")
         self.neuron_offset = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows") if offsets else None
         self.neuron_rf = table(nnx.initializers.zeros_init(), (num_neuron_rows, 5), "neuron_rows",
                                None) if receptive_fields else None
-        self.session_table = table(_TABLE_INIT, (num_sessions, d_embed), "sessions", "neuron_embed")
-        self.animal_table = table(_TABLE_INIT, (num_animals, d_embed), "animals", "neuron_embed")
+        self.session_table = table(self.embed_init, (num_sessions, d_embed), "sessions", "neuron_embed")
+        self.animal_table = table(self.embed_init, (num_animals, d_embed), "animals", "neuron_embed")
         self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
                                   kernel_init=partitioned(nnx.initializers.lecun_normal(), "neuron_embed", "embed"),
                                   bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
@@ -116,7 +119,7 @@ class NeuronIdentity(nnx.Module):
             old = param[...]
             if size < old.shape[0]:
                 raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
-            init = nnx.initializers.zeros_init() if name in self.ZERO_INIT else _TABLE_INIT
+            init = nnx.initializers.zeros_init() if name in self.ZERO_INIT else self.embed_init
             fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
             param.set_value(jnp.concatenate([old, fresh], axis=0))
 

@@ -99,8 +99,8 @@ class MappedWindows:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def neuron_statistics(self, max_trials: int) -> dict:
-        return self.windows.neuron_statistics(max_trials)
+    def neuron_statistics(self, max_trials: int, rf_grid=None) -> dict:
+        return self.windows.neuron_statistics(max_trials, rf_grid=rf_grid)
 
     def __call__(self, batch_index: int) -> dict:
         return self.view.apply(self.windows(batch_index))
