@@ -1,7 +1,6 @@
 """Multi-process training (jax.distributed over local processes), the sharded neuron-table lookup, and compile-only
 planning."""
 import json
-import math
 import os
 import socket
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -163,7 +163,8 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
     from omnimouse_jax.cli import main
     from omnimouse_jax.model import masking
     from omnimouse_jax.train import trainer
-    from omnimouse_jax.train.session import abstract_fields
+    from omnimouse_jax.train import sharding
+    from omnimouse_jax.train.session import abstract_fields, per_device_bytes
 
     results, print_plan = [], trainer.print_plan
     monkeypatch.setattr(trainer, "print_plan", lambda result: (results.append(result), print_plan(result)))
@@ -183,10 +184,11 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
     assert even_split <= result["param_bytes"] <= 1.02 * even_split
     # Adam's mu and nu (one per parameter, same split), plus a few int32 step counters of the optimizer chain.
     assert 0 <= result["optimizer_bytes"] - 2 * result["param_bytes"] < 64
-    # One int32 per example and masking field, replicated.
+    # One int32 per example and masking field, split like the batch over data x fsdp = 8 devices.
     batch = result["global_batch"]
-    fields_bytes = sum(x.dtype.itemsize * math.prod(x.shape) for x in abstract_fields(batch).values())
-    assert fields_bytes == 4 * batch * len(masking.FIELDS)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 4, "tensor": 1}))
+    fields_bytes = per_device_bytes(abstract_fields(batch, sharding.batch_sharding(mesh)))
+    assert fields_bytes == 4 * (batch // 8) * len(masking.FIELDS)
     # XLA's own argument size (from the partitioned program) is exactly our per-device accounting.
     assert result["argument_bytes"] == (result["param_bytes"] + result["optimizer_bytes"] + result["other_state_bytes"]
                                         + result["batch_bytes"] + fields_bytes)

@@ -96,7 +96,7 @@ def test_new_rows_move_from_their_initial_values(pretrained, finetuned):
     stage1 = load_trained(finetuned, step=2)
     bias = np.asarray(stage1.model.identity.neuron_bias[...])
     assert np.all(bias[64:] != 0)
-    start = np.array(nnx.initializers.normal(0.02)(nnx.Rngs(stage1.config.seed).params(), (32, 16)))
+    start = np.array(nnx.initializers.normal(16 ** -0.5)(nnx.Rngs(stage1.config.seed).params(), (32, 16)))
     cfg = stage1.config
     windows = pipeline.TrainWindows(open_store(store), SessionLayout.from_store(open_store(store), [new]),
                                     block=cfg.model.num_samples, max_neurons=cfg.model.max_neurons,

@@ -41,7 +41,8 @@ def test_every_size_traces_and_counts(size):
     model = nnx.eval_shape(lambda: OmniMouse(cfg, rngs=nnx.Rngs(0)))
     counts = count_parameters(model)
     assert counts["total"] == counts["core"] + counts["embedding"]
-    per_row = cfg.d_neuron_embed + 1 + int(cfg.population_decoder)  # embedding, readout bias, decoder offset
+    # embedding, readout bias, decoder offset, receptive field (centre, size, lag, duration)
+    per_row = cfg.d_neuron_embed + 1 + int(cfg.population_decoder) + 5 * (cfg.video_readout_prior == "gaussian")
     tables = cfg.num_neuron_rows * per_row + (cfg.num_sessions + cfg.num_animals) * cfg.d_neuron_embed
     assert counts["embedding"] == tables
     assert counts["per_neuron"] == per_row

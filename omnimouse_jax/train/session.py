@@ -113,9 +113,10 @@ def abstract_batch(config, batch_sharding) -> dict:
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=batch_sharding) for k in MODEL_FIELDS}
 
 
-def abstract_fields(batch_size: int) -> dict:
-    """ShapeDtypeStructs of a training batch's masking fields: one int32 per example and field."""
-    return {k: jax.ShapeDtypeStruct((batch_size,), np.int32) for k in masking.FIELDS}
+def abstract_fields(batch_size: int, batch_sharding=None) -> dict:
+    """ShapeDtypeStructs of a training batch's masking fields: one int32 per example and field, split like the
+    batch."""
+    return {k: jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=batch_sharding) for k in masking.FIELDS}
 
 
 def stacked_fields(strategies) -> dict[str, np.ndarray]:
@@ -190,7 +191,8 @@ def compile_only(config) -> dict:
     graphdef, state = abstract_state(config, tx, mesh)
     training_mix(config)  # validates the mix against the block and the neuron budget
     batch = abstract_batch(config, sharding.batch_sharding(mesh))
-    compiled = compile_train_step(graphdef, state, batch, abstract_fields(config.train.batch_size), mesh,
+    compiled = compile_train_step(graphdef, state, batch,
+                                  abstract_fields(config.train.batch_size, sharding.batch_sharding(mesh)), mesh,
                                   config.model)
     memory = compiled.memory_analysis()
     params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
@@ -325,7 +327,7 @@ class TrainingSession:
     def _compile(self) -> None:
         self.train_step = compile_train_step(
             self.graphdef, self.state, abstract_batch(self.config, self.batch_sharding),
-            abstract_fields(self.config.train.batch_size), self.mesh, self.config.model)
+            abstract_fields(self.config.train.batch_size, self.batch_sharding), self.mesh, self.config.model)
         _, eval_step = step_functions(self.graphdef, self.config.model)
         with sharding.use_rules(self.mesh):
             self.eval_step = jax.jit(eval_step)
