@@ -38,8 +38,9 @@ def get_sweep(arg: str = "") -> dict:
     return {
         "name": "scaling_demo",
         "evaluate": True,
-        # CPU-sized evaluation of the paper's regimes; baselines are fitted once, for the largest run, by the demo.
-        "evaluate_args": ["--regimes", "paper", "--max-batches", "4", "--baselines", "none"],
+        # CPU-sized evaluation of the paper's regimes; baselines and the input ablation are run once, for the largest
+        # run, by the demo.
+        "evaluate_args": ["--regimes", "paper", "--max-batches", "4", "--baselines", "none", "--no-ablation"],
         "overrides": {"data.root": "data/store", "train.steps": steps, "train.eval_every_steps": steps,
                       "checkpoint.every_steps": steps, "train.log_every_steps": max(steps // 10, 1),
                       "optim.warmup_steps": max(steps // 6, 1)},
