@@ -79,11 +79,16 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
         if not ok:
             raise UserError(f"config.model.{msg}")
 
+    def need_window(field: str):  # a window of bins on either side of a bin must fit in the block
+        span = (2 * cfg[field] + 1) * cfg.latent_window
+        need(cfg[field] >= 0 and span <= cfg.num_samples,
+             f"{field}={cfg[field]} spans {span} samples, longer than the block (num_samples={cfg.num_samples})")
+
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
-    need(cfg.behavior_readout in BEHAVIOR_READOUTS,
-         f"behavior_readout={cfg.behavior_readout!r}: expected one of {list(BEHAVIOR_READOUTS)}")
-    need(cfg.neuron_embed_init in NEURON_EMBED_INITS,
-         f"neuron_embed_init={cfg.neuron_embed_init!r}: expected one of {list(NEURON_EMBED_INITS)}")
+    for field, choices in (("behavior_readout", BEHAVIOR_READOUTS), ("neuron_embed_init", NEURON_EMBED_INITS),
+                           ("decoder_video_attention", DECODER_VIDEO_ATTENTIONS), ("neuron_rf_init", NEURON_RF_INITS),
+                           ("video_readout_prior", VIDEO_READOUT_PRIORS)):
+        need(cfg[field] in choices, f"{field}={cfg[field]!r}: expected one of {list(choices)}")
     need(cfg.neuron_embed_init != "behavior_tuning" or cfg.d_neuron_embed >= cfg.behavior_channels,
          f"neuron_embed_init='behavior_tuning' writes {cfg.behavior_channels} tunings into each embedding: "
          f"d_neuron_embed={cfg.d_neuron_embed} must be at least behavior_channels={cfg.behavior_channels}")
@@ -102,27 +107,15 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"latent_window={cfg.latent_window} must divide num_samples={cfg.num_samples}")
     need(cfg.num_samples % cfg.readout_step == 0,
          f"readout_step={cfg.readout_step} must divide num_samples={cfg.num_samples}")
-    need(cfg.decoder_video_attention in DECODER_VIDEO_ATTENTIONS,
-         f"decoder_video_attention={cfg.decoder_video_attention!r}: expected one of {list(DECODER_VIDEO_ATTENTIONS)}")
-    need(cfg.neuron_rf_init in NEURON_RF_INITS,
-         f"neuron_rf_init={cfg.neuron_rf_init!r}: expected one of {list(NEURON_RF_INITS)}")
-    need(cfg.video_readout_prior in VIDEO_READOUT_PRIORS,
-         f"video_readout_prior={cfg.video_readout_prior!r}: expected one of {list(VIDEO_READOUT_PRIORS)}")
     if cfg.decoder_video_keys:
         need(cfg.latent_window % cfg.readout_step == 0,
              f"readout_step={cfg.readout_step} must divide latent_window={cfg.latent_window} when the decoder reads "
              "its time window (decoder_video_keys=True)")
-        dspan = (2 * cfg.decoder_window_bins + 1) * cfg.latent_window
-        need(cfg.decoder_window_bins >= 0 and dspan <= cfg.num_samples,
-             f"decoder_window_bins={cfg.decoder_window_bins} spans {dspan} samples, longer than the block "
-             f"(num_samples={cfg.num_samples})")
+        need_window("decoder_window_bins")
     need(cfg.video_readout_prior == "none" or cfg.decoder_video_keys,
          f"video_readout_prior={cfg.video_readout_prior!r} needs decoder_video_keys=True (the prior weights the "
          "decoder's video keys)")
-    span = (2 * cfg.local_window_bins + 1) * cfg.latent_window
-    need(cfg.local_window_bins >= 0 and span <= cfg.num_samples,
-         f"local_window_bins={cfg.local_window_bins} spans {span} samples, longer than the block "
-         f"(num_samples={cfg.num_samples})")
+    need_window("local_window_bins")
     local, glob = cfg.local_global_ratio
     need(local >= 0 and glob >= 1,
          f"local_global_ratio={tuple(cfg.local_global_ratio)} needs at least one global layer")
