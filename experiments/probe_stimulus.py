@@ -67,9 +67,9 @@ def collect(workdir: Path, batches: int):
 
     def capture(x_bin, *args):
         captured["x_bin"] = x_bin
-        out_resp, out_beh = original(x_bin, *args)
+        out_resp, out_beh, out_video = original(x_bin, *args)
         captured["decoder"] = out_resp
-        return out_resp, out_beh
+        return out_resp, out_beh, out_video
 
     model._decode = capture
     grid_t, grid_h, grid_w = model.video.geometry.grids[-1]

@@ -86,6 +86,9 @@ def test_bad_config_arguments(arg, match):
     (dict(neuron_embed_init="pca"), r"config\.model\.neuron_embed_init='pca': expected one of"),
     (dict(d_neuron_embed=4), r"config\.model\.neuron_embed_init='behavior_tuning' writes 5 tunings .* "
                              r"d_neuron_embed=4 must be at least behavior_channels=5"),
+    (dict(video_skip_readout=True, decoder_video_attention="joint"),
+     r"config\.model\.video_skip_readout=True .* needs decoder_video_attention='separate'"),
+    (dict(video=dict(encoder="vit")), r"config\.model\.video\.encoder='vit': expected one of \['hiera', 'convnext'\]"),
 ])
 def test_inconsistent_model_settings_fail_at_config_time(changes, match):
     cfg = configs.get_config("size=test").model

@@ -15,6 +15,9 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             bias, Softplus(beta)). A step's query carries the step's time, so behavior is read out as a time course.
             (behavior_readout="per_channel", the paper's code: one query per channel at time 0, read out as the
             channel's whole trace.)
+  video skip readout (video_skip_readout=True; not in the paper's code): each neuron's decoder attention over the
+            video keys, scaled by (1 + a linear map of its embedding), goes through its own linear head straight to
+            the response logits, around the decoder's feed-forward and norm.
   population decoder (population_decoder=True; not in the paper's code): a linear decoder added to the behavior
             readout. At each sample it averages the visible neurons' deviations from their offsets, each weighted by
             the neuron's embedding, and maps that (d_embed,) vector to the channels: a classical linear population
@@ -37,7 +40,7 @@ from omnimouse_jax.model.attention import attend, local_attention, rope_frequenc
 from omnimouse_jax.model.blocks import TransformerBlock, rms_norm
 from omnimouse_jax.model.masking import Masks
 from omnimouse_jax.model.tokenizers import BehaviorTokenizer, NeuronIdentity, ResponseTokenizer
-from omnimouse_jax.model.video import VideoEncoder, video_geometry
+from omnimouse_jax.model.video import ENCODERS, VideoEncoder, video_geometry
 from omnimouse_jax.train.sharding import constrain, partitioned
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -69,8 +72,11 @@ RF_SIZE_MAPPED = 0.15
 ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random",
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
-                 "decoder_video_attention": "joint", "readout_gain": False}
+                 "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False}
 _INIT = nnx.initializers.normal(0.02)
+# The video skip readout's head starts random, not at zero: at zero neither it nor the encoder behind it gets a
+# gradient (a saddle of the product). docs/evaluation.md compares init scales.
+VIDEO_HEAD_INIT = nnx.initializers.lecun_normal()
 
 
 def check_model_config(cfg: ml_collections.ConfigDict) -> None:
@@ -98,6 +104,8 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.d_model % cfg.num_heads == 0, f"d_model={cfg.d_model} is not divisible by num_heads={cfg.num_heads}")
     need((cfg.d_model // cfg.num_heads) % 2 == 0, f"d_model / num_heads = {cfg.d_model // cfg.num_heads} must be even "
          "(rotary embedding pairs channels)")
+    need(cfg.video.get("encoder", "hiera") in ENCODERS,
+         f"video.encoder={cfg.video.get('encoder')!r}: expected one of {list(ENCODERS)}")
     need(cfg.video.embed_dim % cfg.video.num_heads == 0,
          f"video.embed_dim={cfg.video.embed_dim} is not divisible by video.num_heads={cfg.video.num_heads}")
     need(1 <= cfg.response_window <= cfg.num_samples,
@@ -112,6 +120,9 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
              f"readout_step={cfg.readout_step} must divide latent_window={cfg.latent_window} when the decoder reads "
              "its time window (decoder_video_keys=True)")
         need_window("decoder_window_bins")
+    need(not cfg.video_skip_readout or cfg.decoder_video_attention == "separate",
+         "video_skip_readout=True reads the decoder's video attention on its own: it needs "
+         "decoder_video_attention='separate'")
     need(cfg.video_readout_prior == "none" or cfg.decoder_video_keys,
          f"video_readout_prior={cfg.video_readout_prior!r} needs decoder_video_keys=True (the prior weights the "
          "decoder's video keys)")
@@ -197,6 +208,18 @@ class OmniMouse(nnx.Module):
             cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
             rngs=rngs) if cfg.readout_gain else None
+        # Video skip readout: the decoder's video attention output, scaled per neuron by (1 + a linear map of its
+        # embedding), goes straight to a linear head added to the response logits, around the decoder's
+        # feed-forward and norm: a factorized readout (where: the receptive field; what: the feature weights).
+        if cfg.video_skip_readout:
+            self.video_gain = nnx.Linear(
+                cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"), rngs=rngs)
+            self.video_head = nnx.Linear(d, cfg.readout_step, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                                         kernel_init=partitioned(VIDEO_HEAD_INIT, "embed", None),
+                                         rngs=rngs)
+        else:
+            self.video_gain = self.video_head = None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
@@ -357,12 +380,15 @@ class OmniMouse(nnx.Module):
         # Decoder: queries per (neuron, readout step) and per behavior channel (and step, if per_step).
         rf_BxNx5 = (self.identity.receptive_field(batch["neuron_index"])
                     if cfg.video_readout_prior == "gaussian" else None)
-        out_resp, out_beh = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5,
-                                         deterministic)
+        out_resp, out_beh, vid_BxNxSxD = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
+                                                      ident_BxNxD, rf_BxNx5, deterministic)
         c = cfg.behavior_channels
         if self.readout_gain is not None:
             out_resp = out_resp * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])
         samples_BxNxT = self.response_head(out_resp).reshape(b, n, t).astype(jnp.float32)
+        if self.video_head is not None:
+            vid_BxNxSxD = vid_BxNxSxD * (1.0 + self.video_gain(emb_BxNxE)[:, :, None])
+            samples_BxNxT = samples_BxNxT + self.video_head(vid_BxNxSxD).reshape(b, n, t).astype(jnp.float32)
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
         rates = jax.nn.softplus(beta * samples_BxNxT) / beta
@@ -390,7 +416,8 @@ class OmniMouse(nnx.Module):
                 "duration": RF_DURATION_INIT * jnp.exp(rf[..., 4])}
 
     def _decode(self, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5, deterministic):
-        """Decoder outputs (B, N, S, D) for the neurons' readout steps and (B, C, S or 1, D) for the behavior.
+        """Decoder outputs (B, N, S, D) for the neurons' readout steps and (B, C, S or 1, D) for the behavior, and
+        with video_skip_readout the neurons' video attention outputs (B, N, S, D) (else None).
 
         Without video keys (the earlier wiring) every query reads the bin latents and the global tokens. With them
         (the paper's code), a readout step's queries read the tokens [latents; video] of the bins within
@@ -413,7 +440,7 @@ class OmniMouse(nnx.Module):
                                 axis=1)
             q_t = np.concatenate([np.tile(lay.step_times, n), q_beh_t])
             out = self.out_norm(self.decoder(q, q_t, kv=keys, t_kv_s=keys_t, deterministic=deterministic))
-            return out[:, : n * steps].reshape(b, n, steps, d), out[:, n * steps:].reshape(b, c, -1, d)
+            return out[:, : n * steps].reshape(b, n, steps, d), out[:, n * steps:].reshape(b, c, -1, d), None
 
         w, per = self.num_bins, steps // self.num_bins  # readout steps per bin
         group = lambda a: a.reshape(a.shape[0], a.shape[1], w, per, d).transpose(0, 2, 1, 3, 4)  # noqa: E731
@@ -433,6 +460,7 @@ class OmniMouse(nnx.Module):
         if rf_BxNx5 is not None:
             bias = self._receptive_field_bias(rf_BxNx5, t_bin, step_t_WxP, x_glob.shape[1], q_h.shape[2])
         radius = cfg.decoder_window_bins
+        vid_resp = None
         if cfg.decoder_video_attention == "joint":
             o = local_attention(q_h, k_bin, v_bin, valid_bin, radius, k_glob, v_glob, valid_glob, bias)
         else:
@@ -443,18 +471,21 @@ class OmniMouse(nnx.Module):
                 p = k_bin.shape[2]
                 slots = np.concatenate([np.arange(g, p) + j * p for j in range(2 * radius + 1)])
                 bias = bias[..., slots]  # (B, W, Q, video keys)
-            o = o + local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], valid_bin[:, :, g:], radius, bias=bias)
+            o_vid = local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], valid_bin[:, :, g:], radius, bias=bias)
+            o = o + o_vid
+            if cfg.video_skip_readout:
+                vid_resp = ungroup(o_vid[:, :, : n * per].reshape(b, w, n * per, d), n)
         out = self.out_norm(block.finish(q_BxWxQxD, o, deterministic))
         out_resp = ungroup(out[:, :, : n * per], n)
         if self.behavior_per_step:
-            return out_resp, ungroup(out[:, :, n * per:], c)
+            return out_resp, ungroup(out[:, :, n * per:], c), vid_resp
         keys = jnp.concatenate([x_bin.reshape(b, -1, d), x_glob], axis=1)
         keys_t = np.concatenate([t_bin.reshape(-1), t_glob])
         key_valid = jnp.concatenate([valid_bin.reshape(b, -1), valid_glob], axis=1)
         q_beh = jnp.broadcast_to(self.behavior_queries[...], (b, c, d))
         out_beh = self.out_norm(block(q_beh, np.zeros(c), kv=keys, t_kv_s=keys_t, key_valid=key_valid,
                                       deterministic=deterministic))
-        return out_resp, out_beh[:, :, None]
+        return out_resp, out_beh[:, :, None], vid_resp
 
     def _receptive_field_bias(self, rf_BxNx5, t_bin_WxP, step_t_WxS, num_global, num_queries) -> jax.Array:
         """(B, W, Q, K) logit bias of the decoder's queries over the keys of local_attention's layout (each window's

@@ -1,9 +1,10 @@
-"""Hiera-like video encoder: 3D patch embedding, separable position embeddings, stages of mask-unit attention with
-max-pooling of queries (and doubling of width and heads) between stages.
+"""Video encoder: 3D patch embedding, then stages of Hiera-like mask-unit attention (the paper's encoder) or of
+ConvNeXt V2 blocks on each frame's token grid (the official code's alternative encoder), with the width doubled and
+the grid pooled by q_stride between stages.
 
-Attention inside the encoder stays within a mask unit (a small space-time window), as in Hiera's early stages;
-mixing across the whole clip happens later, in the backbone. Hidden frames enter as zeros with a visibility
-channel, so a hidden frame's pixels never reach any output.
+Hiera's attention stays within a mask unit (a small space-time window), as in its early stages; ConvNeXt mixes
+space only, within its 7 x 7 depthwise kernel. Mixing across the whole clip happens later, in the backbone. Hidden
+frames enter as zeros with a visibility channel, so a hidden frame's pixels never reach any output.
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from flax import nnx
 
 from omnimouse_jax.model.blocks import TransformerBlock
 from omnimouse_jax.train.sharding import partitioned
+
+# hiera: mask-unit attention blocks (the paper's encoder); convnext: ConvNeXt V2 blocks on each frame's token grid (the
+# official code's alternative encoder, convnextv2_encoder.py): a depthwise spatial convolution, then a GRN-gated MLP.
+ENCODERS = ("hiera", "convnext")
+CONVNEXT_KERNEL = 7
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -67,6 +73,17 @@ def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
     return VideoGeometry(tuple(grids), tuple(units), centres, cover)
 
 
+def pool_tokens(x_BxTxHxWxD: jax.Array, q_stride, mode: str) -> jax.Array:
+    """Each (qt, qh, qw) block of tokens -> one token: "max" takes the channel-wise maximum (B, T', H', W', D);
+    "concat" stacks the block's tokens along channels in (t, h, w) order (B, T', H', W', qt * qh * qw * D)."""
+    b, t, h, w, d = x_BxTxHxWxD.shape
+    qt, qh, qw = q_stride
+    x = x_BxTxHxWxD.reshape(b, t // qt, qt, h // qh, qh, w // qw, qw, d)
+    if mode == "max":
+        return x.max(axis=(2, 4, 6))
+    return x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, t // qt, h // qh, w // qw, qt * qh * qw * d)
+
+
 def _to_units(x: jax.Array, unit) -> jax.Array:
     """(B, T, H, W, D) -> (B, nT, nH, nW, ut*uh*uw, D)."""
     b, t, h, w, d = x.shape
@@ -112,6 +129,53 @@ def patch_embed(x_BxTxHxWxC: jax.Array, kernel: jax.Array, bias: jax.Array, stri
     return x.reshape(x.shape[:4] + (-1,)) @ weights + bias
 
 
+class GlobalResponseNorm(nnx.Module):
+    """ConvNeXt V2's GRN on (N, H, W, C): each channel's spatial L2 norm over the channels' mean norm gates the
+    channel; zero-initialized gamma and beta make it the identity at init."""
+
+    def __init__(self, dim: int):
+        self.gamma = nnx.Param(partitioned(nnx.initializers.zeros_init(), "mlp")(None, (dim,)))
+        self.beta = nnx.Param(partitioned(nnx.initializers.zeros_init(), "mlp")(None, (dim,)))
+
+    def __call__(self, x_NxHxWxC: jax.Array) -> jax.Array:
+        # The small constant keeps the gradient finite where a channel is all zero (a hidden frame's tokens).
+        norm = jnp.sqrt(jnp.sum(jnp.square(x_NxHxWxC.astype(jnp.float32)), axis=(1, 2), keepdims=True) + 1e-12)
+        ratio = (norm / (norm.mean(axis=-1, keepdims=True) + 1e-6)).astype(x_NxHxWxC.dtype)
+        return self.gamma[...] * (x_NxHxWxC * ratio) + self.beta[...] + x_NxHxWxC
+
+
+class ConvNeXtBlock(nnx.Module):
+    """x + pw2(GRN(gelu(pw1(LayerNorm(depthwise_kxk(x)))))) on each frame's token grid (N, H, W, C)."""
+
+    def __init__(self, dim: int, mlp_ratio: float, *, dtype, rngs: nnx.Rngs):
+        k = CONVNEXT_KERNEL
+        init = nnx.initializers.truncated_normal(0.02)  # the official initialization
+        self.depthwise = nnx.Param(partitioned(init, None, None, "embed")(rngs.params(), (k, k, dim)))
+        self.depthwise_bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "embed")(None, (dim,)))
+        self.norm = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                                  scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
+                                  bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+        hidden = int(mlp_ratio * dim)
+        dense = lambda d_in, d_out, axes: nnx.Linear(  # noqa: E731
+            d_in, d_out, dtype=dtype, param_dtype=jnp.float32, kernel_init=partitioned(init, *axes),
+            bias_init=partitioned(nnx.initializers.zeros_init(), axes[1]), rngs=rngs)
+        self.expand = dense(dim, hidden, ("embed", "mlp"))
+        self.grn = GlobalResponseNorm(hidden)
+        self.contract = dense(hidden, dim, ("mlp", "embed"))
+
+    def __call__(self, x_NxHxWxC: jax.Array) -> jax.Array:
+        # The depthwise convolution as k^2 shifted, weighted copies: on CPU much faster than XLA's grouped
+        # convolution and its gradient, and the same numbers.
+        k = CONVNEXT_KERNEL
+        _, h, w, _ = x_NxHxWxC.shape
+        padded = jnp.pad(x_NxHxWxC, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+        weights = self.depthwise[...].astype(x_NxHxWxC.dtype)
+        y = sum(padded[:, i:i + h, j:j + w] * weights[i, j] for i in range(k) for j in range(k))
+        y = self.norm(y + self.depthwise_bias[...].astype(y.dtype))
+        y = self.contract(self.grn(nnx.gelu(self.expand(y))))
+        return x_NxHxWxC + y
+
+
 class VideoEncoder(nnx.Module):
     """Frames (B, T, H, W) normalized, visibility (B, T) -> tokens (B, T', S', D_last) and their visibility (B, T')."""
 
@@ -124,22 +188,67 @@ class VideoEncoder(nnx.Module):
         self.q_stride = tuple(video_cfg.q_stride)
         self.patch_stride, self.patch_padding = tuple(video_cfg.patch_stride), tuple(video_cfg.patch_padding)
         self.patch_impl, self.dtype = video_cfg.get("patch_impl", "auto"), dtype
+        self.kind = video_cfg.get("encoder", "hiera")
+        if self.kind not in ENCODERS:
+            raise ValueError(f"video.encoder {self.kind!r}: expected one of {list(ENCODERS)}")
+        # Between stages Hiera widens, then max-pools each q_stride block of tokens; ConvNeXt, as the official code,
+        # applies LayerNorm, then a stride-q convolution: a linear map of the block's tokens stacked along channels.
+        fan_in = int(np.prod(self.q_stride)) if self.kind == "convnext" else 1
         self.patch = nnx.Conv(
             2, dims[0], tuple(video_cfg.patch_kernel), tuple(video_cfg.patch_stride),
             padding=[(p, p) for p in video_cfg.patch_padding], dtype=dtype, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.lecun_normal(), None, None, None, None, "embed"),
             bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
         normal = partitioned(nnx.initializers.normal(0.02), None, "embed")
-        self.pos_time = nnx.Param(normal(rngs.params(), (grid0[0], dims[0])))
-        self.pos_space = nnx.Param(normal(rngs.params(), (grid0[1] * grid0[2], dims[0])))
+        hiera = self.kind == "hiera"  # ConvNeXt has no position embedding, as in the official code
+        self.pos_time = nnx.Param(normal(rngs.params(), (grid0[0], dims[0]))) if hiera else None
+        self.pos_space = nnx.Param(normal(rngs.params(), (grid0[1] * grid0[2], dims[0]))) if hiera else None
         self.widen = nnx.List([
-            nnx.Linear(dims[i - 1], dims[i], use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+            nnx.Linear(dims[i - 1] * fan_in, dims[i], use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                        kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", "mlp"), rngs=rngs)
             for i in range(1, len(dims))])
-        self.stages = nnx.List([
-            nnx.List([TransformerBlock(dims[i], heads[i], video_cfg.mlp_ratio, None, dropout=dropout,
-                                       dtype=dtype, rngs=rngs) for _ in range(depth)])
-            for i, depth in enumerate(video_cfg.stages)])
+        if self.kind == "convnext":
+            self.downsample_norms = nnx.List([
+                nnx.LayerNorm(dims[i - 1], epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                              scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
+                              bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+                for i in range(1, len(dims))])
+            self.stages = nnx.List([
+                nnx.List([ConvNeXtBlock(dims[i], video_cfg.mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
+                for i, depth in enumerate(video_cfg.stages)])
+        else:
+            self.downsample_norms = None
+            self.stages = nnx.List([
+                nnx.List([TransformerBlock(dims[i], heads[i], video_cfg.mlp_ratio, None, dropout=dropout,
+                                           dtype=dtype, rngs=rngs) for _ in range(depth)])
+                for i, depth in enumerate(video_cfg.stages)])
+
+    def _hiera(self, x_BxTxHxWxD: jax.Array, deterministic: bool) -> jax.Array:
+        b, t, h, w, d = x_BxTxHxWxD.shape
+        x = x_BxTxHxWxD + self.pos_time[...][None, :, None, None] + self.pos_space[...].reshape(1, 1, h, w, d)
+        for stage, blocks in enumerate(self.stages):
+            if stage > 0:
+                x = pool_tokens(self.widen[stage - 1](x), self.q_stride, "max")
+            unit = self.geometry.units[stage]
+            x = _to_units(x, unit)
+            for block in blocks:
+                x = block(x, deterministic=deterministic)
+            x = _from_units(x, unit)
+        return x
+
+    def _convnext(self, x_BxTxHxWxD: jax.Array) -> jax.Array:
+        """Each frame's token grid on its own (no mixing across time, as in the official encoder; no position
+        embedding: the convolutions' zero padding tells positions near the edges apart)."""
+        x = x_BxTxHxWxD
+        for stage, blocks in enumerate(self.stages):
+            if stage > 0:
+                x = self.widen[stage - 1](pool_tokens(self.downsample_norms[stage - 1](x), self.q_stride, "concat"))
+            b, t, h, w, d = x.shape
+            x = x.reshape(b * t, h, w, d)
+            for block in blocks:
+                x = block(x)
+            x = x.reshape(b, t, h, w, d)
+        return x
 
     def __call__(self, frames_BxTxHxW: jax.Array, visible_BxT: jax.Array,
                  deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -149,19 +258,10 @@ class VideoEncoder(nnx.Module):
         dt = self.dtype or x.dtype
         x = patch_embed(x.astype(dt), self.patch.kernel[...].astype(dt), self.patch.bias[...].astype(dt),
                         self.patch_stride, self.patch_padding, self.patch_impl)
-        b, t, h, w, d = x.shape
-        x = x + self.pos_time[...][None, :, None, None] + self.pos_space[...].reshape(1, 1, h, w, d)
-        for stage, blocks in enumerate(self.stages):
-            if stage > 0:
-                x = self.widen[stage - 1](x)
-                b, t, h, w, d = x.shape
-                qt, qh, qw = self.q_stride
-                x = x.reshape(b, t // qt, qt, h // qh, qh, w // qw, qw, d).max(axis=(2, 4, 6))
-            unit = self.geometry.units[stage]
-            x = _to_units(x, unit)
-            for block in blocks:
-                x = block(x, deterministic=deterministic)
-            x = _from_units(x, unit)
+        if self.kind == "convnext":
+            x = self._convnext(x)
+        else:
+            x = self._hiera(x, deterministic)
         b, t, h, w, d = x.shape
         cover = self.geometry.cover.astype(np.float32)
         token_visible = (visible_BxT.astype(jnp.float32) @ cover.T) > 0  # any visible frame under the patch
