@@ -139,7 +139,10 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
     old = configs.get_config("size=test").to_dict()
     for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder"):
         del old["model"][key]
+    for key in ("patch_impl", "encoder"):
+        del old["model"]["video"][key]
     loaded = config_from_json(old).model
+    assert (loaded.video.patch_impl, loaded.video.encoder) == ("auto", "hiera")
     assert (loaded.behavior_readout, loaded.response_gain, loaded.neuron_embed_init, loaded.population_decoder) == (
         "per_channel", False, "random", False)
     assert loaded.frame_shape == tuple(old["model"]["frame_shape"])

@@ -73,6 +73,8 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False}
+# The same for config.model.video.
+ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
 # The video skip readout's head starts random, not at zero: at zero neither it nor the encoder behind it gets a
 # gradient (a saddle of the product). docs/evaluation.md compares init scales.
@@ -104,8 +106,7 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.d_model % cfg.num_heads == 0, f"d_model={cfg.d_model} is not divisible by num_heads={cfg.num_heads}")
     need((cfg.d_model // cfg.num_heads) % 2 == 0, f"d_model / num_heads = {cfg.d_model // cfg.num_heads} must be even "
          "(rotary embedding pairs channels)")
-    need(cfg.video.get("encoder", "hiera") in ENCODERS,
-         f"video.encoder={cfg.video.get('encoder')!r}: expected one of {list(ENCODERS)}")
+    need(cfg.video.encoder in ENCODERS, f"video.encoder={cfg.video.encoder!r}: expected one of {list(ENCODERS)}")
     need(cfg.video.embed_dim % cfg.video.num_heads == 0,
          f"video.embed_dim={cfg.video.embed_dim} is not divisible by video.num_heads={cfg.video.num_heads}")
     need(1 <= cfg.response_window <= cfg.num_samples,
@@ -197,29 +198,23 @@ class OmniMouse(nnx.Module):
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
         # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
         # signed, neuron-specific sums of responses (a decoder's weights) directly. Zero at init.
-        self.response_gain = nnx.Linear(
-            cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
-            rngs=rngs) if cfg.response_gain else None
+        def neuron_gain():  # a linear map of a neuron's embedding to d_model channel scales, zero at init
+            return nnx.Linear(cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                              kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
+                              rngs=rngs)
+
+        self.response_gain = neuron_gain() if cfg.response_gain else None
         # Readout gain: each neuron's embedding scales the decoder's output channels before the shared response head,
         # so that the head's weights become neuron-specific (which features drive which neuron, as in a factorized
         # readout). Zero at init.
-        self.readout_gain = nnx.Linear(
-            cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"),
-            rngs=rngs) if cfg.readout_gain else None
+        self.readout_gain = neuron_gain() if cfg.readout_gain else None
         # Video skip readout: the decoder's video attention output, scaled per neuron by (1 + a linear map of its
         # embedding), goes straight to a linear head added to the response logits, around the decoder's
         # feed-forward and norm: a factorized readout (where: the receptive field; what: the feature weights).
-        if cfg.video_skip_readout:
-            self.video_gain = nnx.Linear(
-                cfg.d_neuron_embed, d, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "embed"), rngs=rngs)
-            self.video_head = nnx.Linear(d, cfg.readout_step, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                                         kernel_init=partitioned(VIDEO_HEAD_INIT, "embed", None),
-                                         rngs=rngs)
-        else:
-            self.video_gain = self.video_head = None
+        self.video_gain = neuron_gain() if cfg.video_skip_readout else None
+        self.video_head = nnx.Linear(
+            d, cfg.readout_step, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+            kernel_init=partitioned(VIDEO_HEAD_INIT, "embed", None), rngs=rngs) if cfg.video_skip_readout else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,

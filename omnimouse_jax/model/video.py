@@ -129,6 +129,13 @@ def patch_embed(x_BxTxHxWxC: jax.Array, kernel: jax.Array, bias: jax.Array, stri
     return x.reshape(x.shape[:4] + (-1,)) @ weights + bias
 
 
+def layer_norm(dim: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """ConvNeXt's LayerNorm (eps 1e-6) with fp32 parameters named by their logical axis."""
+    return nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                         scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
+                         bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+
+
 class GlobalResponseNorm(nnx.Module):
     """ConvNeXt V2's GRN on (N, H, W, C): each channel's spatial L2 norm over the channels' mean norm gates the
     channel; zero-initialized gamma and beta make it the identity at init."""
@@ -152,9 +159,7 @@ class ConvNeXtBlock(nnx.Module):
         init = nnx.initializers.truncated_normal(0.02)  # the official initialization
         self.depthwise = nnx.Param(partitioned(init, None, None, "embed")(rngs.params(), (k, k, dim)))
         self.depthwise_bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "embed")(None, (dim,)))
-        self.norm = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                                  scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
-                                  bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+        self.norm = layer_norm(dim, dtype=dtype, rngs=rngs)
         hidden = int(mlp_ratio * dim)
         dense = lambda d_in, d_out, axes: nnx.Linear(  # noqa: E731
             d_in, d_out, dtype=dtype, param_dtype=jnp.float32, kernel_init=partitioned(init, *axes),
@@ -187,10 +192,8 @@ class VideoEncoder(nnx.Module):
         self.out_dim = dims[-1]
         self.q_stride = tuple(video_cfg.q_stride)
         self.patch_stride, self.patch_padding = tuple(video_cfg.patch_stride), tuple(video_cfg.patch_padding)
-        self.patch_impl, self.dtype = video_cfg.get("patch_impl", "auto"), dtype
-        self.kind = video_cfg.get("encoder", "hiera")
-        if self.kind not in ENCODERS:
-            raise ValueError(f"video.encoder {self.kind!r}: expected one of {list(ENCODERS)}")
+        self.patch_impl, self.dtype = video_cfg.patch_impl, dtype
+        self.kind = video_cfg.encoder  # checked by check_model_config
         # Between stages Hiera widens, then max-pools each q_stride block of tokens; ConvNeXt, as the official code,
         # applies LayerNorm, then a stride-q convolution: a linear map of the block's tokens stacked along channels.
         fan_in = int(np.prod(self.q_stride)) if self.kind == "convnext" else 1
@@ -208,11 +211,8 @@ class VideoEncoder(nnx.Module):
                        kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", "mlp"), rngs=rngs)
             for i in range(1, len(dims))])
         if self.kind == "convnext":
-            self.downsample_norms = nnx.List([
-                nnx.LayerNorm(dims[i - 1], epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                              scale_init=partitioned(nnx.initializers.ones_init(), "embed"),
-                              bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
-                for i in range(1, len(dims))])
+            self.downsample_norms = nnx.List([layer_norm(dims[i - 1], dtype=dtype, rngs=rngs)
+                                              for i in range(1, len(dims))])
             self.stages = nnx.List([
                 nnx.List([ConvNeXtBlock(dims[i], video_cfg.mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
                 for i, depth in enumerate(video_cfg.stages)])
@@ -258,10 +258,7 @@ class VideoEncoder(nnx.Module):
         dt = self.dtype or x.dtype
         x = patch_embed(x.astype(dt), self.patch.kernel[...].astype(dt), self.patch.bias[...].astype(dt),
                         self.patch_stride, self.patch_padding, self.patch_impl)
-        if self.kind == "convnext":
-            x = self._convnext(x)
-        else:
-            x = self._hiera(x, deterministic)
+        x = self._convnext(x) if self.kind == "convnext" else self._hiera(x, deterministic)
         b, t, h, w, d = x.shape
         cover = self.geometry.cover.astype(np.float32)
         token_visible = (visible_BxT.astype(jnp.float32) @ cover.T) > 0  # any visible frame under the patch

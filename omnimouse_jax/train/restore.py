@@ -16,7 +16,7 @@ from omnimouse_jax.errors import UserError
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
     """A ConfigDict from the JSON saved with a checkpoint (JSON lists become the tuples the config code uses); model
     options newer than the checkpoint get the values its model was built with."""
-    from omnimouse_jax.model.omnimouse import ADDED_OPTIONS
+    from omnimouse_jax.model.omnimouse import ADDED_OPTIONS, ADDED_VIDEO_OPTIONS
 
     def convert(value):
         if isinstance(value, dict):
@@ -28,6 +28,8 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
     config = convert(data)
     if "model" in config:
         config["model"] = {**ADDED_OPTIONS, **config["model"]}
+        if "video" in config["model"]:
+            config["model"]["video"] = {**ADDED_VIDEO_OPTIONS, **config["model"]["video"]}
     return ml_collections.ConfigDict(config)
 
 
