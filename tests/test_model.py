@@ -417,3 +417,44 @@ def test_one_strategy_per_example_predicts_as_each_strategy_alone(model):
     other = jax.device_get(forward(model, batch, make_masks(strategy_arrays(PRESETS[names[1]]), batch["neuron_mask"], T)))
     assert np.abs(other["rates"][0] - mixed["rates"][0]).max() > 1e-4
 
+
+
+def test_factorized_video_readout_matches_a_loop_reference(model):
+    """Each neuron's drive at sample t is sum_j tent_j(t - lag) sum_p map[p] sum_c weight[c] tokens[j, p, c], the
+    tent interpolating linearly between the first stage's time-step centres (held beyond the first and last)."""
+    rng = np.random.default_rng(4)
+    geometry = model.video.geometry
+    centres = geometry.first_frame_centres / CFG.sampling_rate_hz
+    j_count, cells = len(centres), geometry.grids[0][1] * geometry.grids[0][2]
+    tokens = rng.normal(size=(2, j_count, cells, CFG.video.embed_dim)).astype(np.float32)
+    index = np.array([[3, 7, 11], [0, 5, 63]], np.int32)
+    readout = nnx.clone(model)
+    rows = CFG.num_neuron_rows
+    readout.identity.neuron_video_map[...] = jnp.asarray(rng.normal(size=(rows, cells)), jnp.float32)
+    raw_lag = rng.uniform(-0.05, 0.05, rows).astype(np.float32)
+    readout.identity.neuron_video_lag[...] = jnp.asarray(raw_lag)
+    got = np.asarray(readout._video_readout(jnp.asarray(tokens), jnp.asarray(index)))
+    maps = np.asarray(readout.identity.neuron_video_map[...])
+    weights = np.asarray(readout.identity.neuron_video_features[...])
+    want = np.zeros_like(got)
+    for b in range(2):
+        for k, row in enumerate(index[b]):
+            per_step = [maps[row] @ tokens[b, j] @ weights[row] for j in range(j_count)]
+            lag = 0.1 + 5.0 * raw_lag[row]
+            for t in range(T):
+                want[b, k, t] = np.interp(t / CFG.sampling_rate_hz - lag, centres, per_step)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_receptive_field_init_starts_the_video_map_at_a_bump_on_the_mapped_cell(model):
+    readout = nnx.clone(model)
+    centres = np.array([[-0.6, 0.2], [0.5, -0.1]], np.float32)
+    readout.set_receptive_fields(centres, 0.2, start_row=4)
+    maps = np.asarray(readout.identity.neuron_video_map[...])[4:6]
+    np.testing.assert_allclose(maps.sum(1), 1.0, rtol=1e-5)
+    grid_h, grid_w = model.video.geometry.grids[0][1:]
+    cell_x = (np.arange(grid_w) + 0.5) / grid_w * 2 - 1
+    cell_y = ((np.arange(grid_h) + 0.5) / grid_h * 2 - 1) * CFG.frame_shape[0] / CFG.frame_shape[1]
+    for bump, (x, y) in zip(maps, centres):
+        peak_row, peak_col = np.unravel_index(bump.argmax(), (grid_h, grid_w))
+        assert peak_col == np.abs(cell_x - x).argmin() and peak_row == np.abs(cell_y - y).argmin()

@@ -51,6 +51,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # global tokens; the session's and animal's embedding is added to every latent and behavior token.
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
         neuron_rf_init="centre", decoder_video_attention="joint", readout_gain=False, video_skip_readout=False,
+        video_factorized_readout=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,
@@ -77,7 +78,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     # receptive field started at its reverse-correlation map, in a softmax of their own, and the neuron's embedding
     # scales the decoder's output before the shared head (docs/evaluation.md, "Learning the stimulus").
     model.update(video_readout_prior="gaussian", neuron_rf_init="mapped", decoder_video_attention="separate",
-                 readout_gain=True)
+                 readout_gain=True, video_factorized_readout=True)
     if size == "tiny":
         # 128 neurons per example: a step costs 0.63 s instead of 0.99 s at 256 on 2 cores, and the paper's regimes
         # (64 visible + 64 held out) still fit.

@@ -15,6 +15,10 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             bias, Softplus(beta)). A step's query carries the step's time, so behavior is read out as a time course.
             (behavior_readout="per_channel", the paper's code: one query per channel at time 0, read out as the
             channel's whole trace.)
+  factorized video readout (video_factorized_readout=True; not in the paper's code): each neuron reads the first
+            video stage's tokens through its own signed spatial map over the token grid and its own weights over
+            the channels (the factorized readout of Klindt et al. 2017), interpolated in time at its own lag, and
+            adds the result to its response logits.
   video skip readout (video_skip_readout=True; not in the paper's code): each neuron's decoder attention over the
             video keys, scaled by (1 + a linear map of its embedding), goes through its own linear head straight to
             the response logits, around the decoder's feed-forward and norm.
@@ -67,12 +71,16 @@ RF_DURATION_INIT = 0.1
 # reverse-correlation map (TrainingSession._init_from_data) with size RF_SIZE_MAPPED.
 NEURON_RF_INITS = ("centre", "mapped")
 RF_SIZE_MAPPED = 0.15
+# The factorized video readout's lag (s) is VIDEO_LAG_INIT + RF_STEP x its raw table entry: at 0.1 s a response reads
+# the first-stage token whose frames ended just before it.
+VIDEO_LAG_INIT = 0.1
 # Model options added after checkpoints were first written, with the values that rebuild those checkpoints' models
 # (restore.config_from_json fills them into a saved config that lacks them).
 ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neuron_embed_init": "random",
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
-                 "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False}
+                 "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
+                 "video_factorized_readout": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -137,6 +145,14 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError(f"config.model.{err}") from None
 
 
+def grid_positions(grid_hw, frame_shape) -> np.ndarray:
+    """(cells, 2) centres of a token grid's cells, row-major: x, y in half-widths of the frame, 0 at its centre."""
+    (grid_h, grid_w), (frame_h, frame_w) = grid_hw, frame_shape
+    y, x = np.meshgrid((np.arange(grid_h) + 0.5) / grid_h * 2 - 1, (np.arange(grid_w) + 0.5) / grid_w * 2 - 1,
+                       indexing="ij")
+    return np.stack([x.ravel(), y.ravel() * frame_h / frame_w], axis=1).astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so nnx keeps it as static
 class _Bins:
     """Members of each time bin: index (W, M) into a token axis, and validity (W, M) for padded slots."""
@@ -192,9 +208,13 @@ class OmniMouse(nnx.Module):
         bin_centres = np.arange(self.num_bins) * cfg.latent_window + (cfg.latent_window - 1) / 2
         step_centres = np.arange(self.num_steps) * cfg.readout_step + (cfg.readout_step - 1) / 2
 
+        geometry = video_geometry(cfg.video, t, tuple(cfg.frame_shape))
+        first_cells = geometry.grids[0][1] * geometry.grids[0][2]
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
                                        dtype=dtype, rngs=rngs, offsets=cfg.population_decoder,
-                                       receptive_fields=cfg.video_readout_prior == "gaussian")
+                                       receptive_fields=cfg.video_readout_prior == "gaussian",
+                                       video_readout=((first_cells, cfg.video.embed_dim)
+                                                      if cfg.video_factorized_readout else None))
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
         # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
         # signed, neuron-specific sums of responses (a decoder's weights) directly. Zero at init.
@@ -223,11 +243,7 @@ class OmniMouse(nnx.Module):
         video_centres = self.video.geometry.frame_centres
         seconds = lambda samples: (np.asarray(samples) / fs).astype(np.float32)  # noqa: E731
         video_bins = _Bins.of(video_centres, cfg.latent_window, self.num_bins)
-        _, grid_h, grid_w = self.video.geometry.grids[-1]
-        frame_h, frame_w = cfg.frame_shape
-        y, x = np.meshgrid((np.arange(grid_h) + 0.5) / grid_h * 2 - 1, (np.arange(grid_w) + 0.5) / grid_w * 2 - 1,
-                           indexing="ij")
-        spatial_Sx2 = np.stack([x.ravel(), y.ravel() * frame_h / frame_w], axis=1).astype(np.float32)
+        spatial_Sx2 = grid_positions(self.video.geometry.grids[-1][1:], cfg.frame_shape)
         per_bin = video_bins.index.shape[1]
         self.layout = _Layout(
             token_bins=_Bins.of(token_centres, cfg.latent_window, self.num_bins),
@@ -347,7 +363,8 @@ class OmniMouse(nnx.Module):
 
         # Video tokens, binned by time; tokens with no visible frame become the missing-video embedding.
         frames = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
-        vid_BxTvxSxE, vid_visible_BxTv = self.video(frames, masks.video_visible, deterministic=deterministic)
+        vid_BxTvxSxE, vid_visible_BxTv, first_BxJxPxC = self.video.encode(frames, masks.video_visible,
+                                                                          deterministic=deterministic)
         vid = self.video_project(vid_BxTvxSxE)
         vid = jnp.where(vid_visible_BxTv[:, :, None, None], vid, self.missing_video[...])
         vidx, vpad_ok = lay.video_bins.index, lay.video_bins.valid
@@ -384,6 +401,8 @@ class OmniMouse(nnx.Module):
         if self.video_head is not None:
             vid_BxNxSxD = vid_BxNxSxD * (1.0 + self.video_gain(emb_BxNxE)[:, :, None])
             samples_BxNxT = samples_BxNxT + self.video_head(vid_BxNxSxD).reshape(b, n, t).astype(jnp.float32)
+        if cfg.video_factorized_readout:
+            samples_BxNxT = samples_BxNxT + self._video_readout(first_BxJxPxC, batch["neuron_index"])
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
         rates = jax.nn.softplus(beta * samples_BxNxT) / beta
@@ -395,12 +414,36 @@ class OmniMouse(nnx.Module):
 
     def set_receptive_fields(self, centres_Rx2: np.ndarray, size: float, start_row: int = 0) -> None:
         """Starts rows [start_row, start_row + R) at these centres (half-widths) and one size (receptive_fields'
-        units)."""
+        units): the decoder's prior (with the gaussian prior) and the factorized video readout's map (a Gaussian
+        bump of that size over the first stage's cells, summing to one)."""
+        centres_Rx2 = np.asarray(centres_Rx2, np.float32)
         rows = len(centres_Rx2)
-        raw = np.concatenate([np.asarray(centres_Rx2, np.float32),
-                              np.full((rows, 1), np.log(size / RF_SIZE_INIT), np.float32),
-                              np.zeros((rows, 2), np.float32)], axis=1)  # the initial lag and duration
-        self.identity.set_rows("neuron_rf", raw / RF_STEP, start_row)
+        if self.identity.neuron_rf is not None:
+            raw = np.concatenate([centres_Rx2, np.full((rows, 1), np.log(size / RF_SIZE_INIT), np.float32),
+                                  np.zeros((rows, 2), np.float32)], axis=1)  # the initial lag and duration
+            self.identity.set_rows("neuron_rf", raw / RF_STEP, start_row)
+        if self.identity.neuron_video_map is not None:
+            cells_Px2 = grid_positions(self.video.geometry.grids[0][1:], self.config.frame_shape)
+            logits_RxP = -((cells_Px2[None] - centres_Rx2[:, None]) ** 2).sum(-1) / (2 * size**2)
+            bump = np.exp(logits_RxP - logits_RxP.max(1, keepdims=True))
+            self.identity.set_rows("neuron_video_map", bump / bump.sum(1, keepdims=True), start_row)
+
+    def _video_readout(self, first_BxJxPxC: jax.Array, neuron_index_BxN) -> jax.Array:
+        """(B, N, T) logits of the factorized video readout: each neuron's map and channel weights applied to every
+        first-stage time step's tokens, then read at each sample t at time t - lag, linearly interpolated between
+        the time steps' centres (held at the first and last centre beyond them)."""
+        map_BxNxP, weights_BxNxC, lag_BxN = self.identity.video_readout(neuron_index_BxN)
+        first = first_BxJxPxC.astype(jnp.float32)
+        pooled_BxNxJxC = jnp.einsum("bjpc,bnp->bnjc", first, map_BxNxP)
+        drive_BxNxJ = jnp.einsum("bnjc,bnc->bnj", pooled_BxNxJxC, weights_BxNxC)
+        fs = float(self.config.sampling_rate_hz)
+        centres_J = (self.video.geometry.first_frame_centres / fs).astype(np.float32)
+        spacing = float(centres_J[1] - centres_J[0]) if len(centres_J) > 1 else 1.0
+        sample_t = (np.arange(self.config.num_samples) / fs).astype(np.float32)
+        lag_BxN = VIDEO_LAG_INIT + RF_STEP * lag_BxN.astype(jnp.float32)
+        read_BxNxT = jnp.clip(sample_t - lag_BxN[..., None], centres_J[0], centres_J[-1])
+        tent_BxNxTxJ = jax.nn.relu(1.0 - jnp.abs(read_BxNxT[..., None] - centres_J) / spacing)
+        return jnp.einsum("bnj,bntj->bnt", drive_BxNxJ, tent_BxNxTxJ)
 
     @staticmethod
     def receptive_fields(rf_BxNx5: jax.Array) -> dict[str, jax.Array]:

@@ -26,13 +26,18 @@ class NeuronIdentity(nnx.Module):
     """Per-session parameters: neuron embeddings and biases, session and animal embeddings; with `offsets`, each
     neuron's response offset (the level the population decoder measures its deviations from); with
     `receptive_fields`, each neuron's spatio-temporal receptive field (x, y, log size, lag, log duration), which the
-    decoder's prior reads (OmniMouse.receptive_fields)."""
+    decoder's prior reads (OmniMouse.receptive_fields); with `video_readout` = (cells, channels), each neuron's
+    factorized video readout: a signed spatial map over the first video stage's cells, a weight per channel and a
+    lag (OmniMouse.video_readout)."""
 
-    TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "neuron_rf", "session_table", "animal_table")
-    ZERO_INIT = ("neuron_bias", "neuron_offset", "neuron_rf")  # grown rows start at zero: no offset, the frame's centre
+    TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "neuron_rf", "neuron_video_map",
+              "neuron_video_features", "neuron_video_lag", "session_table", "animal_table")
+    # Grown rows start at zero (no offset, the frame's centre, an empty video map, the initial lag), except these.
+    RANDOM_INIT = ("neuron_table", "neuron_video_features", "session_table", "animal_table")
 
     def __init__(self, num_neuron_rows: int, num_sessions: int, num_animals: int, d_embed: int, d_model: int, *,
-                 dtype, rngs: nnx.Rngs, offsets: bool = False, receptive_fields: bool = False):
+                 dtype, rngs: nnx.Rngs, offsets: bool = False, receptive_fields: bool = False,
+                 video_readout: tuple[int, int] | None = None):
         def table(init, shape, *axes):
             return nnx.Param(partitioned(init, *axes)(rngs.params(), shape))
 
@@ -44,6 +49,14 @@ class NeuronIdentity(nnx.Module):
         self.neuron_offset = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows") if offsets else None
         self.neuron_rf = table(nnx.initializers.zeros_init(), (num_neuron_rows, 5), "neuron_rows",
                                None) if receptive_fields else None
+        cells, channels = video_readout or (0, 0)
+        self.neuron_video_map = table(nnx.initializers.zeros_init(), (num_neuron_rows, cells), "neuron_rows",
+                                      None) if video_readout else None
+        # Channel weights of norm about one: the readout's output starts at the scale of one channel.
+        self.neuron_video_features = table(nnx.initializers.normal(max(channels, 1) ** -0.5),
+                                           (num_neuron_rows, channels), "neuron_rows", None) if video_readout else None
+        self.neuron_video_lag = table(nnx.initializers.zeros_init(), (num_neuron_rows,),
+                                      "neuron_rows") if video_readout else None
         self.session_table = table(self.embed_init, (num_sessions, d_embed), "sessions", "neuron_embed")
         self.animal_table = table(self.embed_init, (num_animals, d_embed), "animals", "neuron_embed")
         self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
@@ -69,6 +82,11 @@ class NeuronIdentity(nnx.Module):
     def receptive_field(self, neuron_index_BxN) -> jax.Array:
         """(B, N, 5) raw receptive-field parameters; OmniMouse.receptive_fields gives them their units."""
         return take_rows(self.neuron_rf[...], neuron_index_BxN, "neuron_rows")
+
+    def video_readout(self, neuron_index_BxN) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(map (B, N, cells), channel weights (B, N, channels), raw lag (B, N)) of the factorized video readout."""
+        return tuple(take_rows(t[...], neuron_index_BxN, "neuron_rows")
+                     for t in (self.neuron_video_map, self.neuron_video_features, self.neuron_video_lag))
 
     def set_mean_rates(self, rates_R: np.ndarray, beta: float, start_row: int = 0) -> None:
         """Sets the bias of rows [start_row, start_row + R) so that a zero readout predicts `rates_R` through the
@@ -111,7 +129,7 @@ class NeuronIdentity(nnx.Module):
 
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept. New
-        biases, offsets and receptive fields start at zero, new embeddings at random."""
+        rows of the RANDOM_INIT tables start as at construction, the others at zero."""
         for name, size in self.table_rows(num_neuron_rows, num_sessions, num_animals).items():
             param = getattr(self, name)
             if param is None:
@@ -119,7 +137,12 @@ class NeuronIdentity(nnx.Module):
             old = param[...]
             if size < old.shape[0]:
                 raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
-            init = nnx.initializers.zeros_init() if name in self.ZERO_INIT else self.embed_init
+            if name not in self.RANDOM_INIT:
+                init = nnx.initializers.zeros_init()
+            elif name == "neuron_video_features":
+                init = nnx.initializers.normal(old.shape[1] ** -0.5)
+            else:
+                init = self.embed_init
             fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
             param.set_value(jnp.concatenate([old, fresh], axis=0))
 

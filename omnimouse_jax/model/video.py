@@ -32,12 +32,14 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so nnx keeps it as static
 class VideoGeometry:
     """Static layout of the encoder: token grid and mask unit per stage; for each output time step, the frame at
-    its centre and which frames (T', T) lie under it."""
+    its centre and which frames (T', T) lie under it; the same for the first stage's time steps."""
 
     grids: tuple
     units: tuple
     frame_centres: np.ndarray
     cover: np.ndarray
+    first_frame_centres: np.ndarray
+    first_cover: np.ndarray
 
 
 def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
@@ -54,6 +56,7 @@ def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
     starts = np.arange(grid[0]) * stride[0] - pad[0]
     frames = np.arange(num_frames)[None, :]
     cover = (frames >= starts[:, None]) & (frames < starts[:, None] + kernel[0])
+    first_centres, first_cover = centres, cover
     unit = tuple(video_cfg.mask_unit)
     q_stride = tuple(video_cfg.q_stride)
     grids, units = [], []
@@ -70,7 +73,7 @@ def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
                              f"grid {grid} (the unit shrinks by video.q_stride at each stage)")
         grids.append(grid)
         units.append(unit)
-    return VideoGeometry(tuple(grids), tuple(units), centres, cover)
+    return VideoGeometry(tuple(grids), tuple(units), centres, cover, first_centres, first_cover)
 
 
 def pool_tokens(x_BxTxHxWxD: jax.Array, q_stride, mode: str) -> jax.Array:
@@ -223,9 +226,10 @@ class VideoEncoder(nnx.Module):
                                            dtype=dtype, rngs=rngs) for _ in range(depth)])
                 for i, depth in enumerate(video_cfg.stages)])
 
-    def _hiera(self, x_BxTxHxWxD: jax.Array, deterministic: bool) -> jax.Array:
+    def _hiera(self, x_BxTxHxWxD: jax.Array, deterministic: bool) -> list[jax.Array]:
         b, t, h, w, d = x_BxTxHxWxD.shape
         x = x_BxTxHxWxD + self.pos_time[...][None, :, None, None] + self.pos_space[...].reshape(1, 1, h, w, d)
+        outputs = []
         for stage, blocks in enumerate(self.stages):
             if stage > 0:
                 x = pool_tokens(self.widen[stage - 1](x), self.q_stride, "max")
@@ -234,12 +238,14 @@ class VideoEncoder(nnx.Module):
             for block in blocks:
                 x = block(x, deterministic=deterministic)
             x = _from_units(x, unit)
-        return x
+            outputs.append(x)
+        return outputs
 
-    def _convnext(self, x_BxTxHxWxD: jax.Array) -> jax.Array:
+    def _convnext(self, x_BxTxHxWxD: jax.Array) -> list[jax.Array]:
         """Each frame's token grid on its own (no mixing across time, as in the official encoder; no position
         embedding: the convolutions' zero padding tells positions near the edges apart)."""
         x = x_BxTxHxWxD
+        outputs = []
         for stage, blocks in enumerate(self.stages):
             if stage > 0:
                 x = self.widen[stage - 1](pool_tokens(self.downsample_norms[stage - 1](x), self.q_stride, "concat"))
@@ -248,18 +254,30 @@ class VideoEncoder(nnx.Module):
             for block in blocks:
                 x = block(x)
             x = x.reshape(b, t, h, w, d)
-        return x
+            outputs.append(x)
+        return outputs
 
     def __call__(self, frames_BxTxHxW: jax.Array, visible_BxT: jax.Array,
                  deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+        tokens, visible, _ = self.encode(frames_BxTxHxW, visible_BxT, deterministic)
+        return tokens, visible
+
+    def encode(self, frames_BxTxHxW: jax.Array, visible_BxT: jax.Array, deterministic: bool = True):
+        """(last-stage tokens (B, T', S', D_last), their visibility (B, T'), first-stage tokens (B, T0, S0, D0)
+        with tokens under no visible frame set to zero, so that they carry neither content nor the visibility
+        pattern). Hidden frames enter as zeros: their pixels never reach any token."""
         vis = visible_BxT.astype(frames_BxTxHxW.dtype)[:, :, None, None]
         # Multiplying by the mask (rather than selecting) makes hidden frames contribute exactly zero gradient.
         x = jnp.stack([frames_BxTxHxW * vis, jnp.broadcast_to(vis, frames_BxTxHxW.shape)], axis=-1)
         dt = self.dtype or x.dtype
         x = patch_embed(x.astype(dt), self.patch.kernel[...].astype(dt), self.patch.bias[...].astype(dt),
                         self.patch_stride, self.patch_padding, self.patch_impl)
-        x = self._convnext(x) if self.kind == "convnext" else self._hiera(x, deterministic)
+        stages = self._convnext(x) if self.kind == "convnext" else self._hiera(x, deterministic)
+        visible = visible_BxT.astype(jnp.float32)
+        x, first = stages[-1], stages[0]
         b, t, h, w, d = x.shape
-        cover = self.geometry.cover.astype(np.float32)
-        token_visible = (visible_BxT.astype(jnp.float32) @ cover.T) > 0  # any visible frame under the patch
-        return x.reshape(b, t, h * w, d), token_visible
+        token_visible = (visible @ self.geometry.cover.T.astype(np.float32)) > 0  # any visible frame under the patch
+        first_visible = (visible @ self.geometry.first_cover.T.astype(np.float32)) > 0
+        b0, t0, h0, w0, d0 = first.shape
+        first = jnp.where(first_visible[:, :, None, None], first.reshape(b0, t0, h0 * w0, d0), 0.0)
+        return x.reshape(b, t, h * w, d), token_visible, first

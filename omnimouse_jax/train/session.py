@@ -284,13 +284,14 @@ class TrainingSession:
     def _init_from_data(self, model) -> None:
         """A fresh run starts each trained session's neurons at their mean rate; with neuron_embed_init =
         "behavior_tuning", their embeddings' first dimensions at their behavior tuning, each channel scaled to unit
-        RMS over the session's neurons; with neuron_rf_init = "mapped" (and the gaussian prior), their receptive
-        fields at their reverse-correlation maps (a resumed run restores all three)."""
+        RMS over the session's neurons; with neuron_rf_init = "mapped" (and the gaussian prior or the factorized video
+        readout), their receptive fields at their reverse-correlation maps (a resumed run restores all three)."""
         if self.checkpointer.latest_step() is not None:
             return
         cfg = self.config.model
         tuning_init = cfg.neuron_embed_init == "behavior_tuning"
-        rf_init = cfg.video_readout_prior == "gaussian" and cfg.neuron_rf_init == "mapped"
+        rf_init = cfg.neuron_rf_init == "mapped" and (cfg.video_readout_prior == "gaussian"
+                                                      or cfg.video_factorized_readout)
         trials = pipeline.TUNING_TRIALS if tuning_init or rf_init else pipeline.MEAN_TRIALS
         grid = tuple(model.video.geometry.grids[-1][1:]) if rf_init else None
         for name, stats in self.windows.neuron_statistics(max_trials=trials, rf_grid=grid).items():
