@@ -238,6 +238,7 @@ def test_a_short_run_on_video_driven_mice_uses_the_video(tmp_path):
     result = R.evaluate_workdir(workdir, regimes="video_only", baselines=[], log=lambda _: None)
     ablation = result["regimes"]["video_only"]["ablation"]
     intact, drop = ablation["intact"]["response/correlation"], ablation["video"]["drop"]
-    # Measured: 0.031 intact, 0.015 with another window's video (Poisson NLL 0.9587 -> 0.9598).
-    assert intact > 0.02 and drop > R.ABLATION_MIN_DROP, ablation
+    # Measured with the factorized video readout: 0.066 intact, 0.013 with another window's video (Poisson NLL
+    # 0.9574 -> 0.9759); with the decoder's attention readout alone it was 0.031 and 0.015.
+    assert intact > 0.045 and drop > 0.03, ablation
     assert ablation["video"]["response/poisson_nll"] > ablation["intact"]["response/poisson_nll"]

@@ -419,30 +419,39 @@ def test_one_strategy_per_example_predicts_as_each_strategy_alone(model):
 
 
 
-def test_factorized_video_readout_matches_a_loop_reference(model):
-    """Each neuron's drive at sample t is sum_j tent_j(t - lag) sum_p map[p] sum_c weight[c] tokens[j, p, c], the
-    tent interpolating linearly between the first stage's time-step centres (held beyond the first and last)."""
+@pytest.mark.parametrize("size", ["test", "tiny"])  # one video stage, two
+def test_factorized_video_readout_matches_a_loop_reference(size):
+    """Each neuron's drive at sample t is, summed over the video stages, sum_j tent_j(t - lag) sum_p map[p]
+    sum_c weight[c] tokens[j, p, c], the tent interpolating linearly between the stage's time-step centres (held
+    beyond the first and last)."""
+    cfg = load_config(size).model
+    readout = OmniMouse(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(4)
-    geometry = model.video.geometry
-    centres = geometry.first_frame_centres / CFG.sampling_rate_hz
-    j_count, cells = len(centres), geometry.grids[0][1] * geometry.grids[0][2]
-    tokens = rng.normal(size=(2, j_count, cells, CFG.video.embed_dim)).astype(np.float32)
-    index = np.array([[3, 7, 11], [0, 5, 63]], np.int32)
-    readout = nnx.clone(model)
-    rows = CFG.num_neuron_rows
-    readout.identity.neuron_video_map[...] = jnp.asarray(rng.normal(size=(rows, cells)), jnp.float32)
+    geometry = readout.video.geometry
+    stages = [rng.normal(size=(2, grid[0], grid[1] * grid[2], cfg.video.embed_dim * 2**i)).astype(np.float32)
+              for i, grid in enumerate(geometry.grids)]
+    rows = cfg.num_neuron_rows
+    index = np.array([[3, 7, 11], [0, 5, rows - 1]], np.int32)
+    identity = readout.identity
+    identity.neuron_video_map[...] = jnp.asarray(rng.normal(size=identity.neuron_video_map.shape), jnp.float32)
     raw_lag = rng.uniform(-0.05, 0.05, rows).astype(np.float32)
-    readout.identity.neuron_video_lag[...] = jnp.asarray(raw_lag)
-    got = np.asarray(readout._video_readout(jnp.asarray(tokens), jnp.asarray(index)))
-    maps = np.asarray(readout.identity.neuron_video_map[...])
-    weights = np.asarray(readout.identity.neuron_video_features[...])
+    identity.neuron_video_lag[...] = jnp.asarray(raw_lag)
+    got = np.asarray(readout._video_readout([jnp.asarray(x) for x in stages], jnp.asarray(index)))
+    maps = np.asarray(identity.neuron_video_map[...])
+    weights = np.asarray(identity.neuron_video_features[...])
     want = np.zeros_like(got)
-    for b in range(2):
-        for k, row in enumerate(index[b]):
-            per_step = [maps[row] @ tokens[b, j] @ weights[row] for j in range(j_count)]
-            lag = 0.1 + 5.0 * raw_lag[row]
-            for t in range(T):
-                want[b, k, t] = np.interp(t / CFG.sampling_rate_hz - lag, centres, per_step)
+    cell0 = channel0 = 0
+    for tokens, centres in zip(stages, geometry.stage_frame_centres):
+        cells, channels = tokens.shape[2], tokens.shape[3]
+        seconds = centres / cfg.sampling_rate_hz
+        for b in range(2):
+            for k, row in enumerate(index[b]):
+                per_step = [maps[row, cell0:cell0 + cells] @ tokens[b, j] @ weights[row, channel0:channel0 + channels]
+                            for j in range(len(centres))]
+                lag = 0.1 + 5.0 * raw_lag[row]
+                want[b, k] += np.interp(np.arange(cfg.num_samples) / cfg.sampling_rate_hz - lag, seconds, per_step)
+        cell0, channel0 = cell0 + cells, channel0 + channels
+    assert cell0 == maps.shape[1] and channel0 == weights.shape[1]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -450,11 +459,52 @@ def test_receptive_field_init_starts_the_video_map_at_a_bump_on_the_mapped_cell(
     readout = nnx.clone(model)
     centres = np.array([[-0.6, 0.2], [0.5, -0.1]], np.float32)
     readout.set_receptive_fields(centres, 0.2, start_row=4)
-    maps = np.asarray(readout.identity.neuron_video_map[...])[4:6]
-    np.testing.assert_allclose(maps.sum(1), 1.0, rtol=1e-5)
     grid_h, grid_w = model.video.geometry.grids[0][1:]
+    maps = np.asarray(readout.identity.neuron_video_map[...])[4:6, :grid_h * grid_w]  # the first stage's cells
+    np.testing.assert_allclose(maps.sum(1), 1.0, rtol=1e-5)
     cell_x = (np.arange(grid_w) + 0.5) / grid_w * 2 - 1
     cell_y = ((np.arange(grid_h) + 0.5) / grid_h * 2 - 1) * CFG.frame_shape[0] / CFG.frame_shape[1]
     for bump, (x, y) in zip(maps, centres):
         peak_row, peak_col = np.unravel_index(bump.argmax(), (grid_h, grid_w))
         assert peak_col == np.abs(cell_x - x).argmin() and peak_row == np.abs(cell_y - y).argmin()
+
+
+def test_population_readout_couples_each_target_to_the_visible_population():
+    """The population readout adds, at each sample, the pooled population vector (as the population decoder's) times
+    a linear map of the neuron's embedding to the response logits (numpy reference through the Softplus(beta)
+    head); a hidden response changes no prediction."""
+    cfg = load_config("test").model
+    cfg.population_readout = True
+    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
+    batch = make_batch(cfg, seed=23)
+    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    rng = np.random.default_rng(24)
+    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    kernel = rng.normal(size=model.population_readout.kernel.shape).astype(np.float32) * 0.1
+    coupled = nnx.clone(model)
+    coupled.population_readout.kernel[...] = jnp.asarray(kernel)
+
+    identity = model.identity
+    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
+           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
+           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+    offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    deviation = np.where(visible, batch["responses"] - offsets[:, None], 0.0)
+    pooled = np.einsum("btn,bne->bte", deviation, emb) / np.maximum(visible.sum(-1, keepdims=True), 1)
+    logits_BxTxN = np.einsum("bte,bne->btn", pooled * np.sqrt(cfg.max_neurons), emb @ kernel)
+
+    def rates(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
+
+    beta = cfg.softplus_beta
+    base = rates(model, batch["responses"])
+    inverse = np.log(np.expm1(beta * base)) / beta  # the logits of the uncoupled model
+    expected = np.logaddexp(0.0, beta * (inverse + logits_BxTxN)) / beta
+    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))

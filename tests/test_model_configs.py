@@ -137,7 +137,8 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
     from omnimouse_jax.train.restore import config_from_json
 
     old = configs.get_config("size=test").to_dict()
-    for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder"):
+    for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder",
+                "video_factorized_readout", "population_readout"):
         del old["model"][key]
     for key in ("patch_impl", "encoder"):
         del old["model"]["video"][key]
@@ -151,3 +152,4 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
     model = OmniMouse(loaded, rngs=nnx.Rngs(0))
     assert model.behavior_head.shape[-1] == loaded.num_samples and model.response_gain is None
     assert model.population_decoder is None and model.identity.neuron_offset is None
+    assert model.population_readout is None and model.identity.neuron_video_map is None

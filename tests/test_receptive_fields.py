@@ -5,11 +5,20 @@ from omnimouse_jax.data import receptive_fields as rf
 from omnimouse_jax.data import synthetic
 
 
-def test_cell_energy_matches_a_hand_computed_frame():
-    video = np.full((1, 4, 6), synthetic.VIDEO_MEAN, np.float32)
-    video[0, :2, :3] += 2 * synthetic.VIDEO_STD  # the top-left cell of a 2 x 2 grid: energy 4, the others 0
-    energy = rf.cell_energy(video, (2, 2))
-    np.testing.assert_allclose(energy, [[3.0, -1.0, -1.0, -1.0]], atol=1e-6)
+def test_cell_energy_is_band_passed_contrast_energy():
+    """A uniform frame has no energy; a grating with a receptive field's period (8 px) has far more than a smooth
+    luminance ramp of the same pixel variance (the low frequencies no small receptive field sees)."""
+    uniform = np.full((1, 36, 64), synthetic.VIDEO_MEAN + 40.0, np.float32)
+    np.testing.assert_allclose(rf.cell_energy(uniform, (2, 4)), 0.0, atol=1e-6)
+    x = np.arange(21, dtype=np.float32)
+    grating = np.sin(2 * np.pi * x / 8)
+    ramp = (x - x.mean()) / x.std() * grating.std()
+    frame = np.full((36, 64), synthetic.VIDEO_MEAN, np.float32)
+    frame[:, :21] += synthetic.VIDEO_STD * grating  # cells: grating | gray | ramp (21 + 22 + 21 columns)
+    frame[:, 43:] += synthetic.VIDEO_STD * ramp
+    raw = rf.cell_energy(frame[None], (1, 3))[0]
+    grating_energy, ramp_energy = raw[0] - raw[1], raw[2] - raw[1]  # relative to the gray cell
+    assert grating_energy > 10 * ramp_energy > 0, raw
 
 
 def test_lagged_sum_is_a_causal_boxcar():
@@ -19,13 +28,13 @@ def test_lagged_sum_is_a_causal_boxcar():
 
 def test_neurons_driven_by_one_cells_energy_are_centred_on_that_cell():
     rng = np.random.default_rng(0)
-    grid, frame = (3, 4), (12, 16)
-    cells = np.array([0, 5, 11, 6])  # each neuron's cell, row-major
+    grid, frame = (9, 16), (36, 64)
+    cells = np.array([0, 21, 70, 143])  # each neuron's cell, row-major
     mapper = rf.EnergyCorrelation(len(cells), grid, frame, lags=4)
-    for _ in range(3):
-        video = np.clip(rng.normal(synthetic.VIDEO_MEAN, synthetic.VIDEO_STD, (200, *frame)), 0, 255)
+    for _ in range(6):
+        video = np.clip(rng.normal(synthetic.VIDEO_MEAN, synthetic.VIDEO_STD, (300, *frame)), 0, 255)
         drive = rf.lagged_sum(rf.cell_energy(video, grid), 4)[:, cells]
-        responses = np.maximum(drive, 0) + rng.gamma(1.0, 0.5, drive.shape)
+        responses = 10 * np.maximum(drive, 0) + rng.gamma(1.0, 0.5, drive.shape)  # band-passed noise: small energies
         mapper.update(responses, video)
     row, col = np.divmod(cells, grid[1])
     expected = np.stack([(col + 0.5) / grid[1] * 2 - 1, ((row + 0.5) / grid[0] * 2 - 1) * frame[0] / frame[1]], 1)

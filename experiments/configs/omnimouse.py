@@ -51,7 +51,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # global tokens; the session's and animal's embedding is added to every latent and behavior token.
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
         neuron_rf_init="centre", decoder_video_attention="joint", readout_gain=False, video_skip_readout=False,
-        video_factorized_readout=False,
+        video_factorized_readout=False, population_readout=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,
@@ -74,12 +74,18 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     # "The population decoder"); not yet validated at the paper's sizes.
     model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning",
                  population_decoder=True)
-    # The video readout: each neuron's decoder logits over the video tokens carry a learned spatio-temporal Gaussian
-    # receptive field started at its reverse-correlation map, in a softmax of their own, and the neuron's embedding
-    # scales the decoder's output before the shared head (docs/evaluation.md, "Learning the stimulus").
+    # The video readout: each neuron reads every video stage through its own signed spatial map and channel weights,
+    # started at its reverse-correlation map (the factorized readout); where the decoder reads video keys, a learned
+    # spatio-temporal Gaussian on its logits over them, in a softmax of their own; the neuron's embedding scales the
+    # decoder's output before the shared head (docs/evaluation.md, "The factorized video readout").
     model.update(video_readout_prior="gaussian", neuron_rf_init="mapped", decoder_video_attention="separate",
                  readout_gain=True, video_factorized_readout=True)
     if size == "tiny":
+        # With the factorized readout carrying the stimulus, the decoder's video keys (and their prior) and local
+        # layers reaching the neighbouring bins add nothing measurable at tiny's budget and cost 27% of its step
+        # (docs/fidelity.md, rows 1 and 5); `test` keeps them so that every path stays exercised.
+        model.update(decoder_video_keys=False, video_readout_prior="none", decoder_video_attention="joint",
+                     local_window_bins=0)
         # 128 neurons per example: a step costs 0.63 s instead of 0.99 s at 256 on 2 cores, and the paper's regimes
         # (64 visible + 64 held out) still fit.
         # Softplus(beta=1) readout: responses arrive divided by their std (mean ~0.4), where Softplus(0.1)/0.1 has
@@ -122,9 +128,8 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         root="data/store", sessions="all", fraction=1.0, weighting="proportional", num_threads=4, prefetch=8))
     config.train = ml_collections.ConfigDict(dict(
-        # tiny's 300 steps: about 3.5 minutes on 2 quiet cores. Still far from converged: on 3 digital mice it
-        # then beats the CNN digital twin in neural prediction but not yet persistence in forecasting.
-        steps={"test": 200, "tiny": 300}.get(size, 1_000_000), batch_size=8 if cpu else 64,
+        # tiny's 600 steps: under 10 minutes on 2 quiet cores (docs/evaluation.md); still far from converged.
+        steps={"test": 200, "tiny": 600}.get(size, 1_000_000), batch_size=8 if cpu else 64,
         log_every_steps=10 if cpu else 100, eval_every_steps=100 if cpu else 10_000, eval_batches=8,
         tensorboard=True, compile_cache=True))
     # Mesh axis sizes; -1 takes every device the other axes leave.

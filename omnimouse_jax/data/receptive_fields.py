@@ -1,9 +1,12 @@
 """Receptive-field mapping by reverse correlation with local contrast energy, the classical first look at a visual
 neuron's spatial tuning; it initializes the decoder's spatial prior (config.model.neuron_rf_init = "mapped").
 
-For each frame, the squared deviation of every pixel from gray (the video standardized by the paper's mean and std)
-is averaged over the cells of a grid (the model's final video-token grid) and the frame's mean over cells is
-subtracted, so that scene-wide contrast changes (cuts, fades) do not dominate. A neuron's map is the correlation of
+For each frame, the video standardized by the paper's mean and std is band-passed (a difference of Gaussians,
+BANDPASS_SIGMAS_PX), squared, averaged over the cells of a grid (the model's first video-token grid) and the frame's
+mean over cells is subtracted, so that scene-wide contrast changes (cuts, fades) do not dominate. The band-pass keeps
+the spatial periods of V1-like receptive fields at the paper's 36 x 64 resolution (about 4 to 25 pixels); without it
+natural-like movies' energy is dominated by the low frequencies that no small receptive field sees (docs/evaluation.md
+measures both). A neuron's map is the correlation of
 its response with the cell energies summed over the previous `lags` frames; its receptive field is centred on the
 cell of largest correlation. Energy rather than the signed image: complex cells and rectified simple cells both
 respond to local contrast whatever its sign, which a signed spike-triggered average averages away.
@@ -11,14 +14,20 @@ respond to local contrast whatever its sign, which a signed spike-triggered aver
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from omnimouse_jax.data.synthetic import VIDEO_MEAN, VIDEO_STD
+
 DEFAULT_LAGS = 6  # frames: responses follow the stimulus by 0 to about 0.2 s at 30 Hz
+BANDPASS_SIGMAS_PX = (1.0, 4.0)  # centre and surround of the difference of Gaussians, in pixels
 
 
 def cell_energy(video_TxHxW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(T, grid_h * grid_w) local contrast energy per grid cell, each frame's mean over cells removed."""
+    """(T, grid_h * grid_w) local band-passed contrast energy per grid cell, each frame's mean over cells removed."""
     x = (np.asarray(video_TxHxW, np.float32) - VIDEO_MEAN) / VIDEO_STD
+    centre, surround = BANDPASS_SIGMAS_PX
+    x = gaussian_filter(x, (0, centre, centre), mode="nearest") - gaussian_filter(x, (0, surround, surround),
+                                                                                  mode="nearest")
     squared = x * x
     rows = np.array_split(np.arange(x.shape[1]), grid[0])
     cols = np.array_split(np.arange(x.shape[2]), grid[1])

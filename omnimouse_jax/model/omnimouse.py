@@ -15,10 +15,10 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             bias, Softplus(beta)). A step's query carries the step's time, so behavior is read out as a time course.
             (behavior_readout="per_channel", the paper's code: one query per channel at time 0, read out as the
             channel's whole trace.)
-  factorized video readout (video_factorized_readout=True; not in the paper's code): each neuron reads the first
-            video stage's tokens through its own signed spatial map over the token grid and its own weights over
-            the channels (the factorized readout of Klindt et al. 2017), interpolated in time at its own lag, and
-            adds the result to its response logits.
+  factorized video readout (video_factorized_readout=True; not in the paper's code): each neuron reads every
+            video stage's tokens through its own signed spatial map over the stage's token grid and its own weights
+            over the stage's channels (the factorized readout of Klindt et al. 2017), interpolated in time at its
+            own lag, and adds the sum over stages to its response logits.
   video skip readout (video_skip_readout=True; not in the paper's code): each neuron's decoder attention over the
             video keys, scaled by (1 + a linear map of its embedding), goes through its own linear head straight to
             the response logits, around the decoder's feed-forward and norm.
@@ -80,7 +80,7 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
-                 "video_factorized_readout": False}
+                 "video_factorized_readout": False, "population_readout": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -209,11 +209,13 @@ class OmniMouse(nnx.Module):
         step_centres = np.arange(self.num_steps) * cfg.readout_step + (cfg.readout_step - 1) / 2
 
         geometry = video_geometry(cfg.video, t, tuple(cfg.frame_shape))
-        first_cells = geometry.grids[0][1] * geometry.grids[0][2]
+        # The factorized readout's table columns: every stage's cells (maps) and channels (weights), concatenated.
+        self.readout_cells = tuple(int(g[1] * g[2]) for g in geometry.grids)
+        self.readout_channels = tuple(cfg.video.embed_dim * 2**i for i in range(len(geometry.grids)))
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
-                                       dtype=dtype, rngs=rngs, offsets=cfg.population_decoder,
+                                       dtype=dtype, rngs=rngs, offsets=cfg.population_decoder or cfg.population_readout,
                                        receptive_fields=cfg.video_readout_prior == "gaussian",
-                                       video_readout=((first_cells, cfg.video.embed_dim)
+                                       video_readout=((sum(self.readout_cells), sum(self.readout_channels))
                                                       if cfg.video_factorized_readout else None))
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
         # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
@@ -295,6 +297,10 @@ class OmniMouse(nnx.Module):
             cfg.d_neuron_embed, cfg.behavior_channels, use_bias=False, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "channels"),
             rngs=rngs) if cfg.population_decoder else None
+        self.population_readout = nnx.Linear(
+            cfg.d_neuron_embed, cfg.d_neuron_embed, use_bias=False, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", None),
+            rngs=rngs) if cfg.population_readout else None
 
     def _check_batch(self, batch) -> None:
         cfg = self.config
@@ -363,8 +369,8 @@ class OmniMouse(nnx.Module):
 
         # Video tokens, binned by time; tokens with no visible frame become the missing-video embedding.
         frames = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
-        vid_BxTvxSxE, vid_visible_BxTv, first_BxJxPxC = self.video.encode(frames, masks.video_visible,
-                                                                          deterministic=deterministic)
+        vid_BxTvxSxE, vid_visible_BxTv, stages = self.video.encode(frames, masks.video_visible,
+                                                                   deterministic=deterministic)
         vid = self.video_project(vid_BxTvxSxE)
         vid = jnp.where(vid_visible_BxTv[:, :, None, None], vid, self.missing_video[...])
         vidx, vpad_ok = lay.video_bins.index, lay.video_bins.valid
@@ -402,20 +408,25 @@ class OmniMouse(nnx.Module):
             vid_BxNxSxD = vid_BxNxSxD * (1.0 + self.video_gain(emb_BxNxE)[:, :, None])
             samples_BxNxT = samples_BxNxT + self.video_head(vid_BxNxSxD).reshape(b, n, t).astype(jnp.float32)
         if cfg.video_factorized_readout:
-            samples_BxNxT = samples_BxNxT + self._video_readout(first_BxJxPxC, batch["neuron_index"])
+            samples_BxNxT = samples_BxNxT + self._video_readout(stages, batch["neuron_index"])
+        if self.population_decoder is not None or self.population_readout is not None:
+            pooled_BxTxE = self._population_state(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
+        if self.population_readout is not None:
+            coupling_BxNxE = self.population_readout(emb_BxNxE.astype(jnp.float32))
+            samples_BxNxT = samples_BxNxT + jnp.einsum("bte,bne->bnt", pooled_BxTxE, coupling_BxNxE)
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
         rates = jax.nn.softplus(beta * samples_BxNxT) / beta
         behavior = jnp.einsum("bcsd,cdk->bskc", out_beh.astype(jnp.float32), self.behavior_head[...]).reshape(b, t, c)
         behavior = behavior + self.behavior_head_bias[...].T
         if self.population_decoder is not None:
-            behavior = behavior + self._population_decode(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
+            behavior = behavior + self.population_decoder(pooled_BxTxE)
         return {"rates": constrain(rates.transpose(0, 2, 1), ("batch", "length", "neurons")), "behavior": behavior}
 
     def set_receptive_fields(self, centres_Rx2: np.ndarray, size: float, start_row: int = 0) -> None:
         """Starts rows [start_row, start_row + R) at these centres (half-widths) and one size (receptive_fields'
-        units): the decoder's prior (with the gaussian prior) and the factorized video readout's map (a Gaussian
-        bump of that size over the first stage's cells, summing to one)."""
+        units): the decoder's prior (with the gaussian prior) and the factorized video readout's maps (a Gaussian
+        bump of that size over each stage's cells, summing to one per stage)."""
         centres_Rx2 = np.asarray(centres_Rx2, np.float32)
         rows = len(centres_Rx2)
         if self.identity.neuron_rf is not None:
@@ -423,27 +434,35 @@ class OmniMouse(nnx.Module):
                                   np.zeros((rows, 2), np.float32)], axis=1)  # the initial lag and duration
             self.identity.set_rows("neuron_rf", raw / RF_STEP, start_row)
         if self.identity.neuron_video_map is not None:
-            cells_Px2 = grid_positions(self.video.geometry.grids[0][1:], self.config.frame_shape)
-            logits_RxP = -((cells_Px2[None] - centres_Rx2[:, None]) ** 2).sum(-1) / (2 * size**2)
-            bump = np.exp(logits_RxP - logits_RxP.max(1, keepdims=True))
-            self.identity.set_rows("neuron_video_map", bump / bump.sum(1, keepdims=True), start_row)
+            bumps = []
+            for grid in self.video.geometry.grids:
+                cells_Px2 = grid_positions(grid[1:], self.config.frame_shape)
+                logits_RxP = -((cells_Px2[None] - centres_Rx2[:, None]) ** 2).sum(-1) / (2 * size**2)
+                bump = np.exp(logits_RxP - logits_RxP.max(1, keepdims=True))
+                bumps.append(bump / bump.sum(1, keepdims=True))
+            self.identity.set_rows("neuron_video_map", np.concatenate(bumps, axis=1), start_row)
 
-    def _video_readout(self, first_BxJxPxC: jax.Array, neuron_index_BxN) -> jax.Array:
-        """(B, N, T) logits of the factorized video readout: each neuron's map and channel weights applied to every
-        first-stage time step's tokens, then read at each sample t at time t - lag, linearly interpolated between
-        the time steps' centres (held at the first and last centre beyond them)."""
+    def _video_readout(self, stages: list, neuron_index_BxN) -> jax.Array:
+        """(B, N, T) logits of the factorized video readout: per stage, each neuron's map and channel weights applied
+        to every time step's tokens (B, J, P, C), then read at each sample t at time t - lag, linearly interpolated
+        between the time steps' centres (held at the first and last centre beyond them); summed over stages."""
         map_BxNxP, weights_BxNxC, lag_BxN = self.identity.video_readout(neuron_index_BxN)
-        first = first_BxJxPxC.astype(jnp.float32)
-        pooled_BxNxJxC = jnp.einsum("bjpc,bnp->bnjc", first, map_BxNxP)
-        drive_BxNxJ = jnp.einsum("bnjc,bnc->bnj", pooled_BxNxJxC, weights_BxNxC)
         fs = float(self.config.sampling_rate_hz)
-        centres_J = (self.video.geometry.first_frame_centres / fs).astype(np.float32)
-        spacing = float(centres_J[1] - centres_J[0]) if len(centres_J) > 1 else 1.0
         sample_t = (np.arange(self.config.num_samples) / fs).astype(np.float32)
         lag_BxN = VIDEO_LAG_INIT + RF_STEP * lag_BxN.astype(jnp.float32)
-        read_BxNxT = jnp.clip(sample_t - lag_BxN[..., None], centres_J[0], centres_J[-1])
-        tent_BxNxTxJ = jax.nn.relu(1.0 - jnp.abs(read_BxNxT[..., None] - centres_J) / spacing)
-        return jnp.einsum("bnj,bntj->bnt", drive_BxNxJ, tent_BxNxTxJ)
+        cell_ends, channel_ends = np.cumsum(self.readout_cells), np.cumsum(self.readout_channels)
+        logits = 0.0
+        for i, (tokens_BxJxPxC, centres) in enumerate(zip(stages, self.video.geometry.stage_frame_centres)):
+            cells = slice(cell_ends[i] - self.readout_cells[i], cell_ends[i])
+            channels = slice(channel_ends[i] - self.readout_channels[i], channel_ends[i])
+            pooled_BxNxJxC = jnp.einsum("bjpc,bnp->bnjc", tokens_BxJxPxC.astype(jnp.float32), map_BxNxP[..., cells])
+            drive_BxNxJ = jnp.einsum("bnjc,bnc->bnj", pooled_BxNxJxC, weights_BxNxC[..., channels])
+            centres_J = (centres / fs).astype(np.float32)
+            spacing = float(centres_J[1] - centres_J[0]) if len(centres_J) > 1 else 1.0
+            read_BxNxT = jnp.clip(sample_t - lag_BxN[..., None], centres_J[0], centres_J[-1])
+            tent_BxNxTxJ = jax.nn.relu(1.0 - jnp.abs(read_BxNxT[..., None] - centres_J) / spacing)
+            logits = logits + jnp.einsum("bnj,bntj->bnt", drive_BxNxJ, tent_BxNxTxJ)
+        return logits
 
     @staticmethod
     def receptive_fields(rf_BxNx5: jax.Array) -> dict[str, jax.Array]:
@@ -547,9 +566,10 @@ class OmniMouse(nnx.Module):
         bias = jnp.where(is_video_K, bias, 0.0).transpose(0, 2, 1, 3, 4).reshape(b, w, n * per, -1)
         return jnp.pad(bias, ((0, 0), (0, 0), (0, num_queries - n * per), (0, 0)))
 
-    def _population_decode(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
-        """(B, T, C): at each sample, the mean over visible neurons of (response - offset) x embedding, mapped to the
-        channels. Samples without a visible neuron give 0, so hidden responses never reach the behavior.
+    def _population_state(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
+        """(B, T, d_embed): at each sample, the mean over visible neurons of (response - offset) x embedding, what the
+        population decoder maps to the channels and the population readout to the neurons. Samples without a visible
+        neuron give 0, so hidden responses never reach it.
 
         The mean is scaled by sqrt(max_neurons): responses arrive at unit std, so with a full population each
         dimension has about unit variance and the decoder's weights are of order one, within reach of Adam's
@@ -558,7 +578,7 @@ class OmniMouse(nnx.Module):
         deviation = jnp.where(visible_BxTxN, deviation, 0.0)
         count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
         pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
-        return self.population_decoder(pooled_BxTxE * np.sqrt(self.config.max_neurons))
+        return pooled_BxTxE * np.sqrt(self.config.max_neurons)
 
     def _mix(self, layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic):
         """One self-attention layer over the binned and global token sets."""

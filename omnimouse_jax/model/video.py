@@ -31,15 +31,21 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so nnx keeps it as static
 class VideoGeometry:
-    """Static layout of the encoder: token grid and mask unit per stage; for each output time step, the frame at
-    its centre and which frames (T', T) lie under it; the same for the first stage's time steps."""
+    """Static layout of the encoder: token grid and mask unit per stage; for each stage's time steps, the frame at
+    their centre and which frames (T', T) lie under them (frame_centres and cover: the last stage's)."""
 
     grids: tuple
     units: tuple
-    frame_centres: np.ndarray
-    cover: np.ndarray
-    first_frame_centres: np.ndarray
-    first_cover: np.ndarray
+    stage_frame_centres: tuple
+    stage_covers: tuple
+
+    @property
+    def frame_centres(self) -> np.ndarray:
+        return self.stage_frame_centres[-1]
+
+    @property
+    def cover(self) -> np.ndarray:
+        return self.stage_covers[-1]
 
 
 def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
@@ -56,10 +62,9 @@ def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
     starts = np.arange(grid[0]) * stride[0] - pad[0]
     frames = np.arange(num_frames)[None, :]
     cover = (frames >= starts[:, None]) & (frames < starts[:, None] + kernel[0])
-    first_centres, first_cover = centres, cover
     unit = tuple(video_cfg.mask_unit)
     q_stride = tuple(video_cfg.q_stride)
-    grids, units = [], []
+    grids, units, stage_centres, stage_covers = [], [], [], []
     for stage in range(len(video_cfg.stages)):
         if stage > 0:
             if any(g % q for g, q in zip(grid, q_stride)):
@@ -73,7 +78,9 @@ def video_geometry(video_cfg, num_frames: int, frame_shape) -> VideoGeometry:
                              f"grid {grid} (the unit shrinks by video.q_stride at each stage)")
         grids.append(grid)
         units.append(unit)
-    return VideoGeometry(tuple(grids), tuple(units), centres, cover, first_centres, first_cover)
+        stage_centres.append(centres)
+        stage_covers.append(cover)
+    return VideoGeometry(tuple(grids), tuple(units), tuple(stage_centres), tuple(stage_covers))
 
 
 def pool_tokens(x_BxTxHxWxD: jax.Array, q_stride, mode: str) -> jax.Array:
@@ -263,7 +270,7 @@ class VideoEncoder(nnx.Module):
         return tokens, visible
 
     def encode(self, frames_BxTxHxW: jax.Array, visible_BxT: jax.Array, deterministic: bool = True):
-        """(last-stage tokens (B, T', S', D_last), their visibility (B, T'), first-stage tokens (B, T0, S0, D0)
+        """(last-stage tokens (B, T', S', D_last), their visibility (B, T'), every stage's tokens [(B, Ti, Si, Di)]
         with tokens under no visible frame set to zero, so that they carry neither content nor the visibility
         pattern). Hidden frames enter as zeros: their pixels never reach any token."""
         vis = visible_BxT.astype(frames_BxTxHxW.dtype)[:, :, None, None]
@@ -274,10 +281,10 @@ class VideoEncoder(nnx.Module):
                         self.patch_stride, self.patch_padding, self.patch_impl)
         stages = self._convnext(x) if self.kind == "convnext" else self._hiera(x, deterministic)
         visible = visible_BxT.astype(jnp.float32)
-        x, first = stages[-1], stages[0]
-        b, t, h, w, d = x.shape
-        token_visible = (visible @ self.geometry.cover.T.astype(np.float32)) > 0  # any visible frame under the patch
-        first_visible = (visible @ self.geometry.first_cover.T.astype(np.float32)) > 0
-        b0, t0, h0, w0, d0 = first.shape
-        first = jnp.where(first_visible[:, :, None, None], first.reshape(b0, t0, h0 * w0, d0), 0.0)
-        return x.reshape(b, t, h * w, d), token_visible, first
+        per_stage = []
+        for x, cover in zip(stages, self.geometry.stage_covers):
+            b, t, h, w, d = x.shape
+            token_visible = (visible @ cover.T.astype(np.float32)) > 0  # any visible frame under the patch
+            per_stage.append((x.reshape(b, t, h * w, d), token_visible))
+        last, last_visible = per_stage[-1]
+        return last, last_visible, [jnp.where(v[:, :, None, None], x, 0.0) for x, v in per_stage]

@@ -293,7 +293,7 @@ class TrainingSession:
         rf_init = cfg.neuron_rf_init == "mapped" and (cfg.video_readout_prior == "gaussian"
                                                       or cfg.video_factorized_readout)
         trials = pipeline.TUNING_TRIALS if tuning_init or rf_init else pipeline.MEAN_TRIALS
-        grid = tuple(model.video.geometry.grids[-1][1:]) if rf_init else None
+        grid = tuple(model.video.geometry.grids[0][1:]) if rf_init else None  # the finest token grid
         for name, stats in self.windows.neuron_statistics(max_trials=trials, rf_grid=grid).items():
             start = self.layout.row_offsets[self.layout.session_index(name)]
             model.identity.set_mean_rates(stats["mean"], cfg.softplus_beta, start_row=start)
