@@ -10,6 +10,7 @@ from flax import nnx
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model.masking import Masks
 from omnimouse_jax.model.omnimouse import OmniMouse, count_parameters
+from omnimouse_jax.model.video import video_geometry
 
 CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "omnimouse.py"
 spec = importlib.util.spec_from_file_location("omnimouse_config", CONFIG_FILE)
@@ -41,8 +42,13 @@ def test_every_size_traces_and_counts(size):
     model = nnx.eval_shape(lambda: OmniMouse(cfg, rngs=nnx.Rngs(0)))
     counts = count_parameters(model)
     assert counts["total"] == counts["core"] + counts["embedding"]
-    # embedding, readout bias, decoder offset, receptive field (centre, size, lag, duration)
-    per_row = cfg.d_neuron_embed + 1 + int(cfg.population_decoder) + 5 * (cfg.video_readout_prior == "gaussian")
+    # embedding, readout bias, decoder offset, receptive field (centre, size, lag, duration), and the factorized
+    # video readout's maps (every stage's token cells), channel weights (every stage's width) and lag
+    stage_widths = [cfg.video.embed_dim * 2**i for i in range(len(cfg.video.stages))]
+    grid_cells = [g[1] * g[2] for g in video_geometry(cfg.video, cfg.num_samples, cfg.frame_shape).grids]
+    per_row = cfg.d_neuron_embed + 1 + int(cfg.population_decoder or cfg.population_readout) \
+        + 5 * (cfg.video_readout_prior == "gaussian") \
+        + (sum(grid_cells) + sum(stage_widths) + 1) * cfg.video_factorized_readout
     tables = cfg.num_neuron_rows * per_row + (cfg.num_sessions + cfg.num_animals) * cfg.d_neuron_embed
     assert counts["embedding"] == tables
     assert counts["per_neuron"] == per_row

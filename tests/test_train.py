@@ -46,10 +46,10 @@ def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-6)
     records = [json.loads(line) for line in open(whole / "metrics.jsonl")]
-    # 64 rows x (16-d embedding + readout bias + decoder offset + 5 receptive-field parameters), 2 session and 2
-    # animal embeddings
+    # 64 rows x (16-d embedding + readout bias + decoder offset + 5 receptive-field parameters + the factorized
+    # video readout's map over 3 x 4 cells, 16 channel weights and lag), 2 session and 2 animal embeddings
     assert records[0]["step"] == 0 and records[0]["params_core"] > 0
-    assert records[0]["params_embedding"] == 64 * (16 + 1 + 1 + 5) + 2 * 16 * 2
+    assert records[0]["params_embedding"] == 64 * (16 + 1 + 1 + 5 + 12 + 16 + 1) + 2 * 16 * 2
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records[1:])
     assert sorted(os.listdir(whole / "checkpoints")) == ["3", "6"]
 
