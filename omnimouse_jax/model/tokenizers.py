@@ -27,13 +27,13 @@ class NeuronIdentity(nnx.Module):
     neuron's response offset (the level the population decoder measures its deviations from); with
     `receptive_fields`, each neuron's spatio-temporal receptive field (x, y, log size, lag, log duration), which the
     decoder's prior reads (OmniMouse.receptive_fields); with `video_readout` = (cells, channels), each neuron's
-    factorized video readout: a signed spatial map over the first video stage's cells, a weight per channel and a
-    lag (OmniMouse.video_readout)."""
+    factorized video readout: a signed spatial map over every video stage's cells, a weight per channel and a
+    lag (OmniMouse._video_readout)."""
 
     TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "neuron_rf", "neuron_video_map",
               "neuron_video_features", "neuron_video_lag", "session_table", "animal_table")
-    # Grown rows start at zero (no offset, the frame's centre, an empty video map, the initial lag), except these.
-    RANDOM_INIT = ("neuron_table", "neuron_video_features", "session_table", "animal_table")
+    # Grown rows start at zero (no offset, the frame's centre, an empty video map, the initial lag), except the tables
+    # in self.random_inits, which start as at construction.
 
     def __init__(self, num_neuron_rows: int, num_sessions: int, num_animals: int, d_embed: int, d_model: int, *,
                  dtype, rngs: nnx.Rngs, offsets: bool = False, receptive_fields: bool = False,
@@ -49,14 +49,18 @@ class NeuronIdentity(nnx.Module):
         self.neuron_offset = table(nnx.initializers.zeros_init(), (num_neuron_rows,), "neuron_rows") if offsets else None
         self.neuron_rf = table(nnx.initializers.zeros_init(), (num_neuron_rows, 5), "neuron_rows",
                                None) if receptive_fields else None
-        cells, channels = video_readout or (0, 0)
-        self.neuron_video_map = table(nnx.initializers.zeros_init(), (num_neuron_rows, cells), "neuron_rows",
-                                      None) if video_readout else None
-        # Channel weights of norm about one: the readout's output starts at the scale of one channel.
-        self.neuron_video_features = table(nnx.initializers.normal(max(channels, 1) ** -0.5),
-                                           (num_neuron_rows, channels), "neuron_rows", None) if video_readout else None
-        self.neuron_video_lag = table(nnx.initializers.zeros_init(), (num_neuron_rows,),
-                                      "neuron_rows") if video_readout else None
+        if video_readout:
+            cells, channels = video_readout
+            # Channel weights of norm about one: the readout's output starts at the scale of one channel.
+            self.video_features_init = nnx.initializers.normal(channels ** -0.5)
+            zeros = nnx.initializers.zeros_init()
+            self.neuron_video_map = table(zeros, (num_neuron_rows, cells), "neuron_rows", None)
+            self.neuron_video_features = table(self.video_features_init, (num_neuron_rows, channels), "neuron_rows",
+                                               None)
+            self.neuron_video_lag = table(zeros, (num_neuron_rows,), "neuron_rows")
+        else:
+            self.video_features_init = self.neuron_video_map = self.neuron_video_features = None
+            self.neuron_video_lag = None
         self.session_table = table(self.embed_init, (num_sessions, d_embed), "sessions", "neuron_embed")
         self.animal_table = table(self.embed_init, (num_animals, d_embed), "animals", "neuron_embed")
         self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
@@ -121,6 +125,11 @@ class NeuronIdentity(nnx.Module):
                              f"{tuple(self.neuron_table.shape)}")
         _write_block(self.neuron_table, np.s_[start_row:start_row + rows, :dims], values_RxC)
 
+    def random_inits(self) -> dict:
+        """{table: initializer} of the tables whose rows start random; every other table's rows start at zero."""
+        return {"neuron_table": self.embed_init, "neuron_video_features": self.video_features_init,
+                "session_table": self.embed_init, "animal_table": self.embed_init}
+
     @classmethod
     def table_rows(cls, num_neuron_rows: int, num_sessions: int, num_animals: int) -> dict[str, int]:
         """{table: its row count} for every name in TABLES."""
@@ -129,7 +138,7 @@ class NeuronIdentity(nnx.Module):
 
     def grow(self, num_neuron_rows: int, num_sessions: int, num_animals: int, rngs: nnx.Rngs) -> None:
         """Appends freshly initialized rows so new sessions and animals can be added; existing rows are kept. New
-        rows of the RANDOM_INIT tables start as at construction, the others at zero."""
+        rows of the randomly initialized tables start as at construction, the others at zero."""
         for name, size in self.table_rows(num_neuron_rows, num_sessions, num_animals).items():
             param = getattr(self, name)
             if param is None:
@@ -137,12 +146,7 @@ class NeuronIdentity(nnx.Module):
             old = param[...]
             if size < old.shape[0]:
                 raise ValueError(f"cannot shrink {name} from {old.shape[0]} to {size} rows")
-            if name not in self.RANDOM_INIT:
-                init = nnx.initializers.zeros_init()
-            elif name == "neuron_video_features":
-                init = nnx.initializers.normal(old.shape[1] ** -0.5)
-            else:
-                init = self.embed_init
+            init = self.random_inits().get(name, nnx.initializers.zeros_init())
             fresh = init(rngs.params(), (size - old.shape[0],) + old.shape[1:], old.dtype)
             param.set_value(jnp.concatenate([old, fresh], axis=0))
 
