@@ -11,6 +11,7 @@ import importlib.util
 import os
 import sys
 
+from omnimouse_jax import __version__
 from omnimouse_jax.errors import UserError
 
 # (group, name) -> (module, one-line help). Group None means a top-level command.
@@ -41,7 +42,9 @@ def _available(module: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnimouse", description="OmniMouse-JAX: brain foundation models and their scaling.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks on errors (anywhere on the line; or OMNIMOUSE_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"omnimouse-jax {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     top.required = True
     groups = {}
@@ -63,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is honoured wherever users put it (`omnimouse data info X --debug`), not only before the command.
+    debug = "--debug" in argv or os.environ.get("OMNIMOUSE_DEBUG") == "1"
+    argv = [arg for arg in argv if arg != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Commands that take a config accept `--config.a.b=v` overrides; anything else unknown is bad usage.
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return dispatch(args._module, args, debug=args.debug or os.environ.get("OMNIMOUSE_DEBUG") == "1")
+    return dispatch(args._module, args, debug=debug)
 
 
 def dispatch(module: str, args: argparse.Namespace, debug: bool = False) -> int:

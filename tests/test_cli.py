@@ -1,8 +1,10 @@
 """The command surface: help works, bad usage exits 2, errors are one line with the contract's exit codes."""
 import argparse
+import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,32 @@ def test_unexpected_error_exits_1(monkeypatch, capsys):
     assert cli.dispatch(module, argparse.Namespace()) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "RuntimeError: disk on fire" in err[0]
+
+
+def test_version_matches_the_package_metadata(capsys):
+    setup_py = (Path(__file__).parents[1] / "setup.py").read_text()
+    declared = re.search(r'version="([^"]+)"', setup_py).group(1)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.split() == ["omnimouse-jax", declared]
+
+
+def test_debug_is_honoured_after_the_command(tmp_path, capsys):
+    missing = str(tmp_path / "no-store")
+    assert cli.main(["data", "info", missing]) == 2
+    assert "no-store" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no-store"):  # --debug: the exception propagates with its traceback
+        cli.main(["data", "info", missing, "--debug"])
+
+
+@pytest.mark.parametrize("override", ["--config.train.steps=0", "--config.train.steps=-5",
+                                      "--config.train.batch_size=0"])
+def test_train_refuses_non_positive_counts_before_touching_the_workdir(tmp_path, capsys, override):
+    workdir = tmp_path / "run"
+    config = str(Path(__file__).parents[1] / "experiments/configs/omnimouse.py") + ":size=test"
+    assert cli.main(["train", "--config", config, "--workdir", str(workdir), override]) == 2
+    key = override.removeprefix("--").partition("=")[0]
+    assert capsys.readouterr().err.splitlines() == [
+        f"omnimouse: error: {key}={int(override.partition('=')[2])}: expected a positive integer"]
+    assert not workdir.exists()

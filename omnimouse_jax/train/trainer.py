@@ -53,9 +53,25 @@ def run(args) -> int:
     group = distributed.detect(args.coordinator, args.num_processes, args.process_id)
     distributed.initialize(group, timeout_s=args.init_timeout)  # before anything touches a device
     config = load_config(args.config, getattr(args, "config_overrides", []))
+    check_train_counts(config)
     distributed.check_same_config(config.to_json_best_effort(), timeout_s=args.init_timeout)
     train(config, args.workdir)
     return 0
+
+
+# config.train keys that count something and must be a positive integer before anything compiles.
+POSITIVE_TRAIN_KEYS = ("steps", "batch_size", "log_every_steps", "eval_every_steps", "eval_batches")
+
+
+def check_train_counts(config) -> None:
+    """UserError naming the first config.train count that is not a positive integer (steps=0 would otherwise
+    compile, write a workdir without a checkpoint and exit 0)."""
+    from omnimouse_jax.errors import UserError
+
+    for key in POSITIVE_TRAIN_KEYS:
+        value = config.train.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"config.train.{key}={value!r}: expected a positive integer")
 
 
 def plan(config) -> dict:
