@@ -208,13 +208,14 @@ def _write_csv(path, header, rows):
 
 @pytest.mark.parametrize("rows, columns, message", [
     ([(1e3, 3.0), (1e4, 2.0), (1e5, 1.5), (1e6, 1.2), (1e7, 1.1)], ("size", "loss"), "no column 'params'"),
-    ([(1e3, 3.0), (1e4, 2.0), (-1e5, 1.5), (1e6, 1.2), (1e7, 1.1)], ("params", "loss"),
-     "column 'params' must be finite and positive; row 3"),
+    ([(1e3, 3.0), (1e4, 2.0), (-2e5, 1.5), (1e6, 1.2), (1e7, 1.1)], ("params", "loss"),
+     "column 'params' must be finite and positive; row 3 is -200000"),
     ([(1e3, 3.0), (1e4, 0.0), (1e5, 1.5), (1e6, 1.2), (1e7, 1.1)], ("params", "loss"),
-     "column 'loss' must be finite and positive; row 2"),
+     "column 'loss' must be finite and positive; row 2 is 0"),
     ([(1e3, 3.0), (1e4, "n/a"), (1e5, 1.5), (1e6, 1.2), (1e7, 1.1)], ("params", "loss"),
      "row 2, column 'loss': 'n/a' is not a number"),
     ([(1e3, 3.0), (1e4, 2.0), (1e5, 1.5)], ("params", "loss"), "needs at least 4 points"),
+    ([], ("params", "loss"), "no data rows; form 'power' has 3 parameters and needs at least 4 points"),
 ])
 def test_bad_csv_exits_2_naming_file_and_column(tmp_path, capsys, rows, columns, message):
     path = _write_csv(tmp_path / "runs.csv", columns, rows)

@@ -180,6 +180,9 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
     y_all = np.asarray(y, dtype=np.float64).reshape(-1)
     if len(y_all) != len(x_all):
         raise UserError(f"{y_name!r} has {len(y_all)} values but the x columns have {len(x_all)}")
+    if len(y_all) == 0:
+        raise UserError(f"no data rows; form {form!r} has {len(_PARAMS[form])} parameters and needs at least "
+                        f"{len(_PARAMS[form]) + 1} points")
     _check_values(form, names, x_all, y_name, y_all)
     loss_like = 1.0 - y_all if form == "bounded" else y_all
     if not 0 <= exclude_top_loss < len(y_all):
@@ -321,7 +324,7 @@ def _check_values(form: str, names, x_NxD: np.ndarray, y_name: str, y_N: np.ndar
     for j, name in enumerate(names):
         bad = np.flatnonzero(~(np.isfinite(x_NxD[:, j]) & (x_NxD[:, j] > 0)))
         if len(bad):
-            raise UserError(f"column {name!r} must be finite and positive; row {bad[0] + 1} is {x_NxD[bad[0], j]!r}")
+            raise UserError(f"column {name!r} must be finite and positive; row {bad[0] + 1} is {float(x_NxD[bad[0], j]):g}")
     if form == "loglinear":
         ok, expected = np.isfinite(y_N), "finite"
     elif form == "bounded":
@@ -330,7 +333,7 @@ def _check_values(form: str, names, x_NxD: np.ndarray, y_name: str, y_N: np.ndar
         ok, expected = np.isfinite(y_N) & (y_N > 0), "finite and positive"
     bad = np.flatnonzero(~ok)
     if len(bad):
-        raise UserError(f"column {y_name!r} must be {expected}; row {bad[0] + 1} is {y_N[bad[0]]!r}")
+        raise UserError(f"column {y_name!r} must be {expected}; row {bad[0] + 1} is {float(y_N[bad[0]]):g}")
 
 
 def _why_no_intervals(form: str, x_NxD: np.ndarray) -> str | None:
