@@ -16,6 +16,8 @@ from omnimouse_jax.errors import UserError
 def load_python_file(path: Path):
     """Executes a config or sweep file as a module; UserError naming it if it fails to load."""
     spec = importlib.util.spec_from_file_location(f"_omnimouse_file_{abs(hash(path.resolve()))}", path)
+    if spec is None or spec.loader is None:  # not a .py file: importlib has no loader for it
+        raise UserError(f"--config {path}: not a Python file; expected path/to/config.py[:arg] with get_config(arg)")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -45,3 +45,10 @@ def test_sessions_take_all_or_a_list_of_names():
     assert load_config(CONFIG, [("data.sessions", "all")]).data.sessions == "all"
     # other string fields still take the text as it is
     assert load_config(CONFIG, [("masking.mix", "[a, b]")]).masking.mix == "[a, b]"
+
+
+def test_a_config_that_is_not_python_is_named(tmp_path):
+    yaml = tmp_path / "config.yaml"
+    yaml.write_text("train:\n  steps: 5\n")
+    with pytest.raises(UserError, match=r"config.yaml: not a Python file; expected path/to/config.py"):
+        load_config(str(yaml))
