@@ -5,3 +5,31 @@ class UserError(Exception):
     """Bad usage or bad input: the message names the file or key and what was expected. Exit code 2."""
 
     exit_code = 2
+
+
+def check_directory_target(path, flag: str) -> None:
+    """UserError unless `path` is a directory or does not exist yet (it will be created): a file there would
+    otherwise fail later as a raw FileExistsError or NotADirectoryError, after the work."""
+    from pathlib import Path
+
+    path = Path(path)
+    for ancestor in [path, *path.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserError(f"{flag} {path}: {ancestor} is a file; expected a directory (or a new path)")
+            return
+
+
+def check_writable_file_target(path, flag: str) -> None:
+    """UserError unless a file can be written at `path`: its directory exists (or can be created) and is writable,
+    and `path` itself is not a directory; checked before the work whose result goes there."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; expected a file path")
+    check_directory_target(path.parent, flag)
+    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable")

@@ -1,5 +1,6 @@
 """The command surface: help works, bad usage exits 2, errors are one line with the contract's exit codes."""
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -76,3 +77,38 @@ def test_train_refuses_non_positive_counts_before_touching_the_workdir(tmp_path,
     assert capsys.readouterr().err.splitlines() == [
         f"omnimouse: error: {key}={int(override.partition('=')[2])}: expected a positive integer"]
     assert not workdir.exists()
+
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("command, flag", [
+    (["train", "--config", f"{REPO}/experiments/configs/omnimouse.py:size=test", "--workdir", "{file}"], "--workdir"),
+    (["sweep", "--config", f"{REPO}/experiments/sweeps/scaling_demo.py", "--workdir", "{file}", "--launcher",
+      "print"], "--workdir"),
+    (["figures", "--sweep", "{tmp}", "--out", "{file}"], "--out"),
+    (["data", "import-sensorium", "{tmp}", "--out", "{file}"], "--out"),
+    (["evaluate", "--workdir", "{tmp}", "--out", "{file}/eval.json"], "--out"),
+])
+def test_a_file_where_a_directory_is_expected_is_exit_2_and_one_line(tmp_path, capsys, command, flag):
+    file = tmp_path / "taken"
+    file.write_text("not a directory\n")
+    argv = [arg.format(file=file, tmp=tmp_path) for arg in command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"omnimouse: error: {flag} ") and f"{file} is a file" in err[0]
+    assert file.read_text() == "not a directory\n"
+
+
+def test_evaluate_refuses_an_unwritable_out_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        assert cli.main(["evaluate", "--workdir", str(tmp_path / "no-run"), "--out", str(locked / "eval.json")]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"omnimouse: error: --out {locked / 'eval.json'}: {locked} is not writable"]
+    finally:
+        locked.chmod(0o700)

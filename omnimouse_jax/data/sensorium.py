@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_directory_target
 
 SAMPLING_RATE = 30.0
 SOURCE_BEHAVIOR = ["pupil_dilation", "running_speed"]
@@ -258,5 +258,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_directory_target(args.out, "--out")
     import_sensorium(args.src, args.out, replace=args.replace, log=lambda line: print(line, flush=True))
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_writable_file_target
 
 
 def add_arguments(parser) -> None:
@@ -64,6 +64,7 @@ def run(args) -> int:
     options = EvalOptions(max_batches=args.max_batches, train_batches=args.train_batches, cnn_steps=args.cnn_steps,
                           batch_size=args.batch_size, ablation=args.ablation)
     out = Path(args.out) if args.out else Path(args.workdir) / "eval.json"
+    check_writable_file_target(out, "--out")
     result = evaluate_workdir(
         args.workdir, regimes=args.regimes, split=args.split, baselines=baselines, out=out, step=args.step,
         store=args.store, baseline_workdirs=_pairs(args.baseline_workdirs), options=options,

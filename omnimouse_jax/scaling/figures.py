@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_directory_target
 from omnimouse_jax.scaling.sweep import METRIC_COLUMNS, RUN_COLUMNS, atomic_write
 
 FORMATS = ("png", "svg")
@@ -412,6 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    check_directory_target(args.out, "--out")
     result = make_figures(args.sweep, args.out, y=args.y, form=args.form, bootstrap=args.bootstrap, seed=args.seed)
     print(f"wrote {len(result['figures'])} figure files, {result['table']} and {result['fits_json']}")
     for note in result["fits"].notes:

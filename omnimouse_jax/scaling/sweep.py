@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_directory_target
 
 ACCEPTS_CONFIG_OVERRIDES = True
 LAUNCHERS = ("local", "slurm", "tpu", "print")
@@ -535,6 +535,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     evaluate = False if args.no_evaluate else None
+    check_directory_target(args.workdir, "--workdir")
     sweep = load_sweep(args.config, args.workdir, getattr(args, "config_overrides", []), evaluate=evaluate)
     if sweep.evaluate and not evaluation_available():
         print("note: omnimouse evaluate is not available; runs are trained only", file=sys.stderr)

@@ -41,7 +41,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from omnimouse_jax.config import load_config
-    from omnimouse_jax.errors import UserError
+    from omnimouse_jax.errors import UserError, check_directory_target
     from omnimouse_jax.train import distributed
 
     if args.compile_only:
@@ -50,6 +50,7 @@ def run(args) -> int:
         return 0
     if not args.workdir:
         raise UserError("--workdir: required (the run directory), unless --compile-only")
+    check_directory_target(args.workdir, "--workdir")
     group = distributed.detect(args.coordinator, args.num_processes, args.process_id)
     distributed.initialize(group, timeout_s=args.init_timeout)  # before anything touches a device
     config = load_config(args.config, getattr(args, "config_overrides", []))
