@@ -60,8 +60,8 @@ def run(args) -> int:
     return 0
 
 
-# config.train keys that count something and must be a positive integer before anything compiles.
-POSITIVE_TRAIN_KEYS = ("steps", "batch_size", "log_every_steps", "eval_every_steps", "eval_batches")
+# config.train counts that must be positive integers before anything compiles (eval_every_steps=0 means never).
+POSITIVE_TRAIN_KEYS = ("steps", "batch_size")
 
 
 def check_train_counts(config) -> None:
