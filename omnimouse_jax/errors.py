@@ -7,17 +7,20 @@ class UserError(Exception):
     exit_code = 2
 
 
+def _nearest_existing(path):
+    """`path` or its closest ancestor that exists."""
+    return next(p for p in [path, *path.parents] if p.exists())
+
+
 def check_directory_target(path, flag: str) -> None:
     """UserError unless `path` is a directory or does not exist yet (it will be created): a file there would
     otherwise fail later as a raw FileExistsError or NotADirectoryError, after the work."""
     from pathlib import Path
 
     path = Path(path)
-    for ancestor in [path, *path.parents]:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise UserError(f"{flag} {path}: {ancestor} is a file; expected a directory (or a new path)")
-            return
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file; expected a directory (or a new path)")
 
 
 def check_writable_file_target(path, flag: str) -> None:
@@ -30,6 +33,6 @@ def check_writable_file_target(path, flag: str) -> None:
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a directory; expected a file path")
     check_directory_target(path.parent, flag)
-    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    existing = _nearest_existing(path.parent)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {existing} is not writable")
