@@ -14,7 +14,8 @@ from flax import nnx
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import loss_fn
 from omnimouse_jax.model.masking import PRESETS, Masks, make_masks, strategy_arrays
-from omnimouse_jax.model.omnimouse import OmniMouse
+from omnimouse_jax.errors import UserError
+from omnimouse_jax.model.omnimouse import OmniMouse, check_model_config
 from omnimouse_jax.train import sharding
 
 CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "omnimouse.py"
@@ -508,3 +509,40 @@ def test_population_readout_couples_each_target_to_the_visible_population():
     changed = batch["responses"].copy()
     changed[b, t, n] += 5.0
     np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
+
+
+def test_attention_kernels_and_remat_give_the_same_loss_and_gradients():
+    """xla, blockwise, and blockwise with each remat policy: one model (the `test` size, whose decoder reads video
+    keys with the Gaussian prior, so a bias goes through every kernel), one batch, equal loss and gradients."""
+    batch = make_batch(CFG, batch=2)
+    masks = make_masks(strategy_arrays(PRESETS["causal_response_25_video"]), batch["neuron_mask"], T)
+
+    def loss_and_grads(attention, remat):
+        cfg = CFG.copy_and_resolve_references()
+        cfg.attention, cfg.remat = attention, remat
+        graphdef, params, rest = nnx.split(OmniMouse(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+
+        def loss(params):
+            out = nnx.merge(graphdef, params, rest)(batch, masks)
+            return (out["rates"] ** 2).mean() + (out["behavior"] ** 2).mean()
+
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        return float(value), jax.tree.leaves(grads)
+
+    want_loss, want_grads = loss_and_grads("xla", "none")
+    for attention, remat in (("blockwise", "none"), ("blockwise", "attention"), ("blockwise", "block")):
+        got_loss, got_grads = loss_and_grads(attention, remat)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+        scale = max(float(np.abs(g).max()) for g in want_grads)
+        for got, want in zip(got_grads, want_grads):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * scale, err_msg=f"{attention}/{remat}")
+
+
+def test_backend_only_attention_and_remat_with_dropout_are_refused_by_name():
+    for field, value, words in (("attention", "cudnn", "runs only on GPU"), ("attention", "splash", "only on TPU"),
+                                ("remat", "block", "needs dropout=0")):
+        cfg = CFG.copy_and_resolve_references()
+        cfg[field] = value
+        cfg.dropout = 0.1
+        with pytest.raises(UserError, match=f"config.model.{field}=.*{words}"):
+            check_model_config(cfg)

@@ -44,6 +44,8 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         response_window=10, response_stride=5, readout_step=5, latent_window=10, latents_per_bin=640,
         num_global_latents=256, rope_min_period_s=2 / 30, rope_max_period_s=8.0,
         softplus_beta=0.1, dropout=0.0, dtype="bfloat16",
+        # attention: auto | xla | blockwise | cudnn | splash; remat: none | attention | block (docs/performance.md).
+        attention="auto", remat="none",
         # The paper's code: a behavior query per channel, neuron tokens = response features + embedding, random
         # embeddings. tiny and test use our readout and initialization instead (see model_config).
         behavior_readout="per_channel", response_gain=False, neuron_embed_init="random", population_decoder=False,

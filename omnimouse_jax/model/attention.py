@@ -7,11 +7,14 @@ Masks are only ever per key (B, S): a local window is realised by gathering neig
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omnimouse_jax.model import kernels
 from omnimouse_jax.train.sharding import partitioned
 
 
@@ -33,24 +36,61 @@ def apply_rope(x: jax.Array, t_s: jax.Array, omega: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """How `attend` computes attention (config.model.attention and config.model.remat; kernels.py).
+
+    implementation: xla (jax.nn.dot_product_attention's XLA path: logits materialized), blockwise (kernels.py),
+    cudnn (GPU), splash (TPU), auto (cudnn on GPU, splash on TPU, blockwise elsewhere; a site whose inputs the
+    chosen kernel cannot take, such as a bias for splash or float32 for cuDNN, uses blockwise). checkpoint: recompute
+    the attention in the backward pass instead of keeping its internals (remat="attention")."""
+
+    implementation: str = "xla"
+    checkpoint: bool = False
+
+    def resolve(self, q: jax.Array, bias: jax.Array | None) -> str:
+        impl = self.implementation
+        if impl == "auto":
+            impl = {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "blockwise")
+        if impl == "cudnn" and not kernels.cudnn_supported(q, bias):
+            return "blockwise"
+        if impl == "splash" and not kernels.splash_supported(bias):
+            return "blockwise"
+        return impl
+
+
+XLA = Kernel()
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None,
-           bias: jax.Array | None = None) -> jax.Array:
+           bias: jax.Array | None = None, kernel: Kernel = XLA) -> jax.Array:
     """Softmax attention of q (..., Q, H, K) over k, v (..., S, H, K); key_valid (..., S) drops keys; bias
     (..., Q, S), shared by the heads, is added to the logits.
 
-    Leading dimensions are folded into one batch dimension for `jax.nn.dot_product_attention`. Every query must
-    have at least one valid key (callers add an always-valid sink key where a row could be empty).
+    Leading dimensions are folded into one batch dimension. Every query must have at least one valid key (callers
+    add an always-valid sink key where a row could be empty): the kernels differ only on rows without one.
     """
     lead = q.shape[:-3]
+    num_q, num_k = q.shape[-3], k.shape[-3]
     fold = lambda a: a.reshape((-1,) + a.shape[len(lead):])  # noqa: E731
-    mask = None
-    if key_valid is not None:
-        mask = jnp.broadcast_to(key_valid, lead + k.shape[-3:-2]).reshape(-1, 1, 1, k.shape[-3])
+    valid = None if key_valid is None else jnp.broadcast_to(key_valid, lead + (num_k,)).reshape(-1, num_k)
     if bias is not None:
-        bias = jnp.broadcast_to(bias, lead + (q.shape[-3], k.shape[-3])).reshape(-1, 1, q.shape[-3], k.shape[-3])
-        bias = bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), bias=bias, mask=mask)
-    return out.reshape(q.shape)
+        bias = jnp.broadcast_to(bias, lead + (num_q, num_k)).reshape(-1, num_q, num_k).astype(q.dtype)
+    impl = kernel.resolve(q, bias)
+
+    def compute(q, k, v, valid, bias):
+        if impl == "blockwise":
+            return kernels.blockwise_attention(q, k, v, valid, bias)
+        if impl == "cudnn":
+            return kernels.cudnn_attention(q, k, v, valid)
+        if impl == "splash":
+            return kernels.splash_attention(q, k, v, valid)
+        mask = None if valid is None else valid[:, None, None, :]
+        return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias[:, None], mask=mask)
+
+    if kernel.checkpoint:
+        compute = jax.checkpoint(compute)
+    return compute(fold(q), fold(k), fold(v), valid, bias).reshape(q.shape)
 
 
 def neighbour_bins(x: jax.Array, radius: int, fill) -> jax.Array:
@@ -74,6 +114,7 @@ def local_attention(
     extra_v: jax.Array | None = None,
     extra_valid: jax.Array | None = None,
     bias: jax.Array | None = None,
+    kernel: Kernel = XLA,
 ) -> jax.Array:
     """Sliding-window attention in time over binned tokens.
 
@@ -90,7 +131,7 @@ def local_attention(
         k_loc = jnp.concatenate([k_loc, widen(extra_k)], axis=2)
         v_loc = jnp.concatenate([v_loc, widen(extra_v)], axis=2)
         valid_loc = jnp.concatenate([valid_loc, widen(extra_valid)], axis=2)
-    return attend(q, k_loc, v_loc, valid_loc, bias)
+    return attend(q, k_loc, v_loc, valid_loc, bias, kernel)
 
 
 class Attention(nnx.Module):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omnimouse_jax.model.attention import Attention, attend
+from omnimouse_jax.model.attention import XLA, Attention, Kernel, attend
 from omnimouse_jax.train.sharding import partitioned
 
 
@@ -14,6 +14,18 @@ def rms_norm(dim: int, *, dtype, rngs: nnx.Rngs, axis_name: str = "embed") -> nn
     """RMSNorm with fp32 scale named by its logical axis."""
     return nnx.RMSNorm(dim, dtype=dtype, param_dtype=jnp.float32,
                        scale_init=partitioned(nnx.initializers.ones_init(), axis_name), rngs=rngs)
+
+
+def rematerialized(enabled: bool, fn):
+    """`fn(module, *arrays)` recomputed in the backward pass instead of keeping its activations
+    (config.model.remat="block"), or `fn` itself.
+
+    jax.checkpoint over a closure on the module rather than nnx.remat: the training step differentiates a merged
+    module inside jax.grad, where nnx.remat's own split and merge would update RNG counters across trace levels.
+    The module is only read, so dropout (which draws from those counters) must be off (check_model_config)."""
+    if not enabled:
+        return fn
+    return lambda module, *arrays: jax.checkpoint(lambda *xs: fn(module, *xs))(*arrays)
 
 
 class FeedForward(nnx.Module):
@@ -41,7 +53,8 @@ class TransformerBlock(nnx.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, ffn_mult: float, omega: np.ndarray | None, *,
-                 cross: bool = False, dropout: float = 0.0, dtype, rngs: nnx.Rngs):
+                 cross: bool = False, dropout: float = 0.0, kernel: Kernel = XLA, dtype, rngs: nnx.Rngs):
+        self.kernel = kernel  # static: how attention is computed (attention.Kernel)
         self.norm_q = rms_norm(d_model, dtype=dtype, rngs=rngs)
         self.norm_kv = rms_norm(d_model, dtype=dtype, rngs=rngs) if cross else None
         self.attn = Attention(d_model, num_heads, omega, dtype=dtype, rngs=rngs)
@@ -65,4 +78,5 @@ class TransformerBlock(nnx.Module):
         if kv is None:
             kv, t_kv_s = x, t_s
         k, v = self.keys_values(kv, t_kv_s)
-        return self.finish(x, attend(self.queries(x, t_s), k, v, key_valid), deterministic)
+        return self.finish(x, attend(self.queries(x, t_s), k, v, key_valid, kernel=self.kernel),
+                           deterministic)

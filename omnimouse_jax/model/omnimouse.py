@@ -40,8 +40,9 @@ import numpy as np
 from flax import nnx
 
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.model.attention import attend, local_attention, rope_frequencies
-from omnimouse_jax.model.blocks import TransformerBlock, rms_norm
+from omnimouse_jax.model.attention import Kernel, attend, local_attention, rope_frequencies
+from omnimouse_jax.model.blocks import TransformerBlock, rematerialized, rms_norm
+from omnimouse_jax.model.kernels import IMPLEMENTATIONS
 from omnimouse_jax.model.masking import Masks
 from omnimouse_jax.model.tokenizers import BehaviorTokenizer, NeuronIdentity, ResponseTokenizer
 from omnimouse_jax.model.video import ENCODERS, VideoEncoder, video_geometry
@@ -56,6 +57,11 @@ NEURON_EMBED_INITS = ("random", "behavior_tuning")
 # decoder's video keys get -|position - centre|^2 / (2 size^2) - (query time - key time - lag)^2 / (2 duration^2),
 # its learned spatio-temporal receptive field (OmniMouse.receptive_fields).
 VIDEO_READOUT_PRIORS = ("none", "gaussian")
+# What the backward pass recomputes instead of keeping: nothing, each attention's internals (attention.Kernel), or
+# every transformer block (encoder, backbone layers, decoder, video blocks; blocks.rematerialized).
+REMATS = ("none", "attention", "block")
+# Where an explicitly chosen attention kernel runs (auto picks per backend; attention.Kernel).
+KERNEL_BACKENDS = {"cudnn": "gpu", "splash": "tpu"}
 # joint: one softmax over the window's latents, video tokens and the global tokens (the paper's code); separate: one
 # softmax over the latents and global tokens plus one over the video tokens, outputs summed (the paper code's
 # per-modality decoders, off there), so video keys keep their share of attention however many latents there are.
@@ -80,7 +86,7 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
-                 "video_factorized_readout": False, "population_readout": False}
+                 "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none"}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -103,8 +109,16 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
     for field, choices in (("behavior_readout", BEHAVIOR_READOUTS), ("neuron_embed_init", NEURON_EMBED_INITS),
                            ("decoder_video_attention", DECODER_VIDEO_ATTENTIONS), ("neuron_rf_init", NEURON_RF_INITS),
-                           ("video_readout_prior", VIDEO_READOUT_PRIORS)):
+                           ("video_readout_prior", VIDEO_READOUT_PRIORS), ("attention", IMPLEMENTATIONS),
+                           ("remat", REMATS)):
         need(cfg[field] in choices, f"{field}={cfg[field]!r}: expected one of {list(choices)}")
+    need(cfg.remat != "block" or cfg.dropout == 0.0,
+         f"remat='block' needs dropout=0 (got {cfg.dropout}): recomputed blocks cannot draw dropout masks; use "
+         "remat='attention'")
+    backend = KERNEL_BACKENDS.get(cfg.attention)
+    need(backend is None or jax.default_backend() == backend,
+         f"attention={cfg.attention!r} runs only on {backend.upper() if backend else ''} (this backend: "
+         f"{jax.default_backend()}); use 'auto', 'blockwise' or 'xla'")
     need(cfg.neuron_embed_init != "behavior_tuning" or cfg.d_neuron_embed >= cfg.behavior_channels,
          f"neuron_embed_init='behavior_tuning' writes {cfg.behavior_channels} tunings into each embedding: "
          f"d_neuron_embed={cfg.d_neuron_embed} must be at least behavior_channels={cfg.behavior_channels}")
@@ -238,7 +252,10 @@ class OmniMouse(nnx.Module):
             d, cfg.readout_step, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=partitioned(VIDEO_HEAD_INIT, "embed", None), rngs=rngs) if cfg.video_skip_readout else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
-        self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs)
+        kernel = Kernel(cfg.attention, checkpoint=cfg.remat == "attention")
+        self.remat_blocks = cfg.remat == "block"
+        self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs,
+                                  kernel=kernel, remat=self.remat_blocks)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=partitioned(nnx.initializers.lecun_normal(), "mlp", "embed"),
                                         bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
@@ -271,13 +288,13 @@ class OmniMouse(nnx.Module):
         self.behavior_queries = embed(cfg.behavior_channels, d)
 
         self.encoder = TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, cross=True, dropout=cfg.dropout,
-                                        dtype=dtype, rngs=rngs)
+                                        kernel=kernel, dtype=dtype, rngs=rngs)
         local, glob = cfg.local_global_ratio
         self.layer_is_local = tuple(i % (local + glob) < local for i in range(cfg.num_layers))
         self.layers = nnx.List([TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, dropout=cfg.dropout,
-                                                 dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+                                                 kernel=kernel, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
         self.decoder = TransformerBlock(d, cfg.num_heads, cfg.decoder_ffn_mult, omega, cross=True, dropout=cfg.dropout,
-                                        dtype=dtype, rngs=rngs)
+                                        kernel=kernel, dtype=dtype, rngs=rngs)
         self.out_norm = rms_norm(d, dtype=dtype, rngs=rngs)
         self.response_head = nnx.Linear(d, cfg.readout_step, dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", None),
@@ -354,18 +371,18 @@ class OmniMouse(nnx.Module):
         kv_bins = tok_BxKxNxD[:, idx].reshape(b, self.num_bins, -1, d)
         kv_bins_valid = (tok_valid_BxKxN[:, idx] & pad_ok[None, :, :, None]).reshape(b, self.num_bins, -1)
         kv_bins_t = np.repeat(lay.token_times[idx], n, axis=-1)
-        lat_BxWxGxD = self.encoder(
-            lat_BxWxGxD, lay.latent_times,
-            kv=jnp.concatenate([kv_bins, sink], axis=2),
-            t_kv_s=np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1),
-            key_valid=jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2),
-            deterministic=deterministic)
-        glob_BxGxD = self.encoder(
-            glob_BxGxD, np.zeros(cfg.num_global_latents),
-            kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink[:, 0]], axis=1),
-            t_kv_s=np.concatenate([np.repeat(lay.token_times, n), [0.0]]),
-            key_valid=jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1),
-            deterministic=deterministic)
+
+        def cross_block(x_t_s, kv_t_s):  # the encoder reading keys at these (static) times
+            return rematerialized(self.remat_blocks, lambda block, x, kv, key_valid: block(
+                x, x_t_s, kv=kv, t_kv_s=kv_t_s, key_valid=key_valid, deterministic=deterministic))
+
+        lat_BxWxGxD = cross_block(lay.latent_times, np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1))(
+            self.encoder, lat_BxWxGxD, jnp.concatenate([kv_bins, sink], axis=2),
+            jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2))
+        glob_BxGxD = cross_block(np.zeros(cfg.num_global_latents), np.concatenate([np.repeat(lay.token_times, n),
+                                                                                    [0.0]]))(
+            self.encoder, glob_BxGxD, jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink[:, 0]], axis=1),
+            jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1))
 
         # Video tokens, binned by time; tokens with no visible frame become the missing-video embedding.
         frames = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
@@ -392,14 +409,17 @@ class OmniMouse(nnx.Module):
         valid_glob = jnp.ones(x_glob.shape[:2], bool)
         t_glob = np.zeros(x_glob.shape[1], np.float32)
         for layer, is_local in zip(self.layers, self.layer_is_local):
-            x_bin, x_glob = self._mix(layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
-                                      deterministic)
+            x_bin, x_glob = rematerialized(self.remat_blocks, lambda layer, x_bin, x_glob, is_local=is_local: self._mix(
+                layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic))(
+                layer, x_bin, x_glob)
 
         # Decoder: queries per (neuron, readout step) and per behavior channel (and step, if per_step).
         rf_BxNx5 = (self.identity.receptive_field(batch["neuron_index"])
                     if cfg.video_readout_prior == "gaussian" else None)
-        out_resp, out_beh, vid_BxNxSxD = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
-                                                      ident_BxNxD, rf_BxNx5, deterministic)
+        out_resp, out_beh, vid_BxNxSxD = rematerialized(
+            self.remat_blocks, lambda model, x_bin, x_glob, ident_BxNxD, rf_BxNx5: model._decode(
+                x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5, deterministic))(
+            self, x_bin, x_glob, ident_BxNxD, rf_BxNx5)
         c = cfg.behavior_channels
         if self.readout_gain is not None:
             out_resp = out_resp * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])
@@ -519,16 +539,17 @@ class OmniMouse(nnx.Module):
         radius = cfg.decoder_window_bins
         vid_resp = None
         if cfg.decoder_video_attention == "joint":
-            o = local_attention(q_h, k_bin, v_bin, valid_bin, radius, k_glob, v_glob, valid_glob, bias)
+            o = local_attention(q_h, k_bin, v_bin, valid_bin, radius, k_glob, v_glob, valid_glob, bias, block.kernel)
         else:
             g = cfg.latents_per_bin
             o = local_attention(q_h, k_bin[:, :, :g], v_bin[:, :, :g], valid_bin[:, :, :g], radius, k_glob, v_glob,
-                                valid_glob)
+                                valid_glob, kernel=block.kernel)
             if bias is not None:  # keys of each window: its (2 radius + 1) bins' slots, then the global tokens
                 p = k_bin.shape[2]
                 slots = np.concatenate([np.arange(g, p) + j * p for j in range(2 * radius + 1)])
                 bias = bias[..., slots]  # (B, W, Q, video keys)
-            o_vid = local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], valid_bin[:, :, g:], radius, bias=bias)
+            o_vid = local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], valid_bin[:, :, g:], radius, bias=bias,
+                                    kernel=block.kernel)
             o = o + o_vid
             if cfg.video_skip_readout:
                 vid_resp = ungroup(o_vid[:, :, : n * per].reshape(b, w, n * per, d), n)
@@ -591,10 +612,10 @@ class OmniMouse(nnx.Module):
         valid_all = jnp.concatenate([flat(valid_bin), valid_glob], axis=1)
         if is_local:
             o_bin = local_attention(q_bin, k_bin, v_bin, valid_bin, self.config.local_window_bins,
-                                    k_glob, v_glob, valid_glob)
+                                    k_glob, v_glob, valid_glob, kernel=layer.kernel)
         else:
-            o_bin = attend(flat(q_bin), k_all, v_all, valid_all).reshape(q_bin.shape)
-        o_glob = attend(q_glob, k_all, v_all, valid_all)
+            o_bin = attend(flat(q_bin), k_all, v_all, valid_all, kernel=layer.kernel).reshape(q_bin.shape)
+        o_glob = attend(q_glob, k_all, v_all, valid_all, kernel=layer.kernel)
         x_bin = constrain(layer.finish(x_bin, o_bin, deterministic), ("batch", "length", None, "embed"))
         x_glob = constrain(layer.finish(x_glob, o_glob, deterministic), ("batch", "latents", "embed"))
         return x_bin, x_glob

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omnimouse_jax.model.blocks import TransformerBlock
+from omnimouse_jax.model.attention import XLA, Kernel
+from omnimouse_jax.model.blocks import TransformerBlock, rematerialized
 from omnimouse_jax.train.sharding import partitioned
 
 # hiera: mask-unit attention blocks (the paper's encoder); convnext: ConvNeXt V2 blocks on each frame's token grid (the
@@ -194,7 +195,9 @@ class ConvNeXtBlock(nnx.Module):
 class VideoEncoder(nnx.Module):
     """Frames (B, T, H, W) normalized, visibility (B, T) -> tokens (B, T', S', D_last) and their visibility (B, T')."""
 
-    def __init__(self, video_cfg, num_frames: int, frame_shape, *, dropout: float, dtype, rngs: nnx.Rngs):
+    def __init__(self, video_cfg, num_frames: int, frame_shape, *, dropout: float, dtype, rngs: nnx.Rngs,
+                 kernel: Kernel = XLA, remat: bool = False):
+        self.remat = remat  # static: recompute each block in the backward pass
         self.geometry = video_geometry(video_cfg, num_frames, frame_shape)
         grid0 = self.geometry.grids[0]
         dims = [video_cfg.embed_dim * 2**i for i in range(len(video_cfg.stages))]
@@ -230,7 +233,7 @@ class VideoEncoder(nnx.Module):
             self.downsample_norms = None
             self.stages = nnx.List([
                 nnx.List([TransformerBlock(dims[i], heads[i], video_cfg.mlp_ratio, None, dropout=dropout,
-                                           dtype=dtype, rngs=rngs) for _ in range(depth)])
+                                           kernel=kernel, dtype=dtype, rngs=rngs) for _ in range(depth)])
                 for i, depth in enumerate(video_cfg.stages)])
 
     def _hiera(self, x_BxTxHxWxD: jax.Array, deterministic: bool) -> list[jax.Array]:
@@ -243,7 +246,7 @@ class VideoEncoder(nnx.Module):
             unit = self.geometry.units[stage]
             x = _to_units(x, unit)
             for block in blocks:
-                x = block(x, deterministic=deterministic)
+                x = rematerialized(self.remat, lambda blk, x: blk(x, deterministic=deterministic))(block, x)
             x = _from_units(x, unit)
             outputs.append(x)
         return outputs
@@ -259,7 +262,7 @@ class VideoEncoder(nnx.Module):
             b, t, h, w, d = x.shape
             x = x.reshape(b * t, h, w, d)
             for block in blocks:
-                x = block(x)
+                x = rematerialized(self.remat, lambda blk, x: blk(x))(block, x)
             x = x.reshape(b, t, h, w, d)
             outputs.append(x)
         return outputs
