@@ -133,7 +133,9 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
         # tiny's 600 steps: under 10 minutes on 2 quiet cores (docs/evaluation.md); still far from converged.
         steps={"test": 200, "tiny": 600}.get(size, 1_000_000), batch_size=8 if cpu else 64,
         log_every_steps=10 if cpu else 100, eval_every_steps=100 if cpu else 10_000, eval_batches=8,
-        tensorboard=True, compile_cache=True))
+        tensorboard=True, compile_cache=True,
+        # Micro-batches per step (the step's examples in M passes, gradients added; docs/performance.md).
+        microbatches=1))
     # Mesh axis sizes; -1 takes every device the other axes leave.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000, keep=3, use_async=True))

@@ -43,7 +43,9 @@ class Kernel:
     implementation: xla (jax.nn.dot_product_attention's XLA path: logits materialized), blockwise (kernels.py),
     cudnn (GPU), splash (TPU), auto (cudnn on GPU, splash on TPU, blockwise elsewhere; a site whose inputs the
     chosen kernel cannot take, such as a bias for splash or float32 for cuDNN, uses blockwise). checkpoint: recompute
-    the attention in the backward pass instead of keeping its internals (remat="attention")."""
+    the XLA path's attention in the backward pass instead of keeping its logits (remat="attention" or "block"); the
+    fused kernels keep only their output and log-sum-exp already, and are never wrapped in jax.checkpoint (that
+    would make JAX keep their forward pass's per-block logits)."""
 
     implementation: str = "xla"
     checkpoint: bool = False
@@ -88,7 +90,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None
         mask = None if valid is None else valid[:, None, None, :]
         return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias[:, None], mask=mask)
 
-    if kernel.checkpoint:
+    if kernel.checkpoint and impl == "xla":
         compute = jax.checkpoint(compute)
     return compute(fold(q), fold(k), fold(v), valid, bias).reshape(q.shape)
 

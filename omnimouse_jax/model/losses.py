@@ -16,19 +16,40 @@ def loss_fn(predictions: dict, batch: dict, masks: Masks, config) -> tuple[jax.A
     loss         poisson + behavior_weight * behavior_mse
     Padding neurons and visible inputs are never targets (the masks say so); a part with no targets is 0.
     """
+    nll_sum, err_sum = loss_sums(predictions, batch, masks, config)
+    n_resp, n_beh = target_counts(batch, masks)
+    return combine(nll_sum, err_sum, n_resp, n_beh, config)
+
+
+def target_counts(batch: dict, masks: Masks) -> tuple[jax.Array, jax.Array]:
+    """(response targets, behavior targets) of a batch: what loss_fn's means divide by."""
+    return _response_targets(batch, masks).sum(), _behavior_targets(batch, masks).sum()
+
+
+def loss_sums(predictions: dict, batch: dict, masks: Masks, config) -> tuple[jax.Array, jax.Array]:
+    """The sums behind loss_fn's two means: clamped Poisson NLL over response targets and clamped squared error over
+    behavior targets. Sums over micro-batches add up to the batch's sums (train.session's micro-batched step)."""
     rates = predictions["rates"].astype(jnp.float32)
     y = jnp.asarray(batch["responses"], jnp.float32)
-    resp_target = masks.response_target & jnp.asarray(batch["neuron_mask"], bool)[:, None, :]
     nll = jnp.minimum(rates - y * jnp.log(rates + config.poisson_eps), config.poisson_clamp)
-    n_resp = resp_target.sum()
-    poisson = jnp.where(resp_target, nll, 0.0).sum() / jnp.maximum(n_resp, 1)
-
-    beh_target = (masks.behavior_target[:, None, None] & jnp.asarray(batch["behavior_mask"], bool)[:, None, :])
-    beh_target = jnp.broadcast_to(beh_target, batch["behavior"].shape)
     err = jnp.minimum((predictions["behavior"].astype(jnp.float32) - jnp.asarray(batch["behavior"], jnp.float32)) ** 2,
                       config.behavior_clamp)
-    n_beh = beh_target.sum()
-    behavior_mse = jnp.where(beh_target, err, 0.0).sum() / jnp.maximum(n_beh, 1)
+    return (jnp.where(_response_targets(batch, masks), nll, 0.0).sum(),
+            jnp.where(_behavior_targets(batch, masks), err, 0.0).sum())
 
+
+def combine(nll_sum, err_sum, n_resp, n_beh, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """loss_fn's loss and parts from the sums and the counts."""
+    poisson = nll_sum / jnp.maximum(n_resp, 1)
+    behavior_mse = err_sum / jnp.maximum(n_beh, 1)
     loss = poisson + config.behavior_weight * behavior_mse
     return loss, {"poisson": poisson, "behavior_mse": behavior_mse, "n_targets": n_resp, "n_behavior_targets": n_beh}
+
+
+def _response_targets(batch: dict, masks: Masks) -> jax.Array:
+    return masks.response_target & jnp.asarray(batch["neuron_mask"], bool)[:, None, :]
+
+
+def _behavior_targets(batch: dict, masks: Masks) -> jax.Array:
+    targets = masks.behavior_target[:, None, None] & jnp.asarray(batch["behavior_mask"], bool)[:, None, :]
+    return jnp.broadcast_to(targets, batch["behavior"].shape)

@@ -41,7 +41,7 @@ from flax import nnx
 
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model.attention import Kernel, attend, local_attention, rope_frequencies
-from omnimouse_jax.model.blocks import TransformerBlock, rematerialized, rms_norm
+from omnimouse_jax.model.blocks import TransformerBlock, rms_norm
 from omnimouse_jax.model.kernels import IMPLEMENTATIONS
 from omnimouse_jax.model.masking import Masks
 from omnimouse_jax.model.tokenizers import BehaviorTokenizer, NeuronIdentity, ResponseTokenizer
@@ -58,7 +58,8 @@ NEURON_EMBED_INITS = ("random", "behavior_tuning")
 # its learned spatio-temporal receptive field (OmniMouse.receptive_fields).
 VIDEO_READOUT_PRIORS = ("none", "gaussian")
 # What the backward pass recomputes instead of keeping: nothing, each attention's internals (attention.Kernel), or
-# every transformer block (encoder, backbone layers, decoder, video blocks; blocks.rematerialized).
+# every transformer block but its attention kernel (encoder, backbone layers, decoder, video blocks;
+# blocks.TransformerBlock).
 REMATS = ("none", "attention", "block")
 # Where an explicitly chosen attention kernel runs (auto picks per backend; attention.Kernel).
 KERNEL_BACKENDS = {"cudnn": "gpu", "splash": "tpu"}
@@ -252,7 +253,7 @@ class OmniMouse(nnx.Module):
             d, cfg.readout_step, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=partitioned(VIDEO_HEAD_INIT, "embed", None), rngs=rngs) if cfg.video_skip_readout else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
-        kernel = Kernel(cfg.attention, checkpoint=cfg.remat == "attention")
+        kernel = Kernel(cfg.attention, checkpoint=cfg.remat != "none")
         self.remat_blocks = cfg.remat == "block"
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs,
                                   kernel=kernel, remat=self.remat_blocks)
@@ -288,13 +289,14 @@ class OmniMouse(nnx.Module):
         self.behavior_queries = embed(cfg.behavior_channels, d)
 
         self.encoder = TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, cross=True, dropout=cfg.dropout,
-                                        kernel=kernel, dtype=dtype, rngs=rngs)
+                                        kernel=kernel, remat=self.remat_blocks, dtype=dtype, rngs=rngs)
         local, glob = cfg.local_global_ratio
         self.layer_is_local = tuple(i % (local + glob) < local for i in range(cfg.num_layers))
         self.layers = nnx.List([TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, dropout=cfg.dropout,
-                                                 kernel=kernel, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+                                                 kernel=kernel, remat=self.remat_blocks, dtype=dtype, rngs=rngs)
+                                for _ in range(cfg.num_layers)])
         self.decoder = TransformerBlock(d, cfg.num_heads, cfg.decoder_ffn_mult, omega, cross=True, dropout=cfg.dropout,
-                                        kernel=kernel, dtype=dtype, rngs=rngs)
+                                        kernel=kernel, remat=self.remat_blocks, dtype=dtype, rngs=rngs)
         self.out_norm = rms_norm(d, dtype=dtype, rngs=rngs)
         self.response_head = nnx.Linear(d, cfg.readout_step, dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", None),
@@ -372,17 +374,17 @@ class OmniMouse(nnx.Module):
         kv_bins_valid = (tok_valid_BxKxN[:, idx] & pad_ok[None, :, :, None]).reshape(b, self.num_bins, -1)
         kv_bins_t = np.repeat(lay.token_times[idx], n, axis=-1)
 
-        def cross_block(x_t_s, kv_t_s):  # the encoder reading keys at these (static) times
-            return rematerialized(self.remat_blocks, lambda block, x, kv, key_valid: block(
-                x, x_t_s, kv=kv, t_kv_s=kv_t_s, key_valid=key_valid, deterministic=deterministic))
-
-        lat_BxWxGxD = cross_block(lay.latent_times, np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1))(
-            self.encoder, lat_BxWxGxD, jnp.concatenate([kv_bins, sink], axis=2),
-            jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2))
-        glob_BxGxD = cross_block(np.zeros(cfg.num_global_latents), np.concatenate([np.repeat(lay.token_times, n),
-                                                                                    [0.0]]))(
-            self.encoder, glob_BxGxD, jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink[:, 0]], axis=1),
-            jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1))
+        lat_BxWxGxD = self.encoder(
+            lat_BxWxGxD, lay.latent_times, kv=jnp.concatenate([kv_bins, sink], axis=2),
+            t_kv_s=np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1),
+            key_valid=jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2),
+            deterministic=deterministic)
+        glob_BxGxD = self.encoder(
+            glob_BxGxD, np.zeros(cfg.num_global_latents), kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d),
+                                                                              sink[:, 0]], axis=1),
+            t_kv_s=np.concatenate([np.repeat(lay.token_times, n), [0.0]]),
+            key_valid=jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1),
+            deterministic=deterministic)
 
         # Video tokens, binned by time; tokens with no visible frame become the missing-video embedding.
         frames = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
@@ -409,17 +411,14 @@ class OmniMouse(nnx.Module):
         valid_glob = jnp.ones(x_glob.shape[:2], bool)
         t_glob = np.zeros(x_glob.shape[1], np.float32)
         for layer, is_local in zip(self.layers, self.layer_is_local):
-            x_bin, x_glob = rematerialized(self.remat_blocks, lambda layer, x_bin, x_glob, is_local=is_local: self._mix(
-                layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic))(
-                layer, x_bin, x_glob)
+            x_bin, x_glob = self._mix(layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
+                                      deterministic)
 
         # Decoder: queries per (neuron, readout step) and per behavior channel (and step, if per_step).
         rf_BxNx5 = (self.identity.receptive_field(batch["neuron_index"])
                     if cfg.video_readout_prior == "gaussian" else None)
-        out_resp, out_beh, vid_BxNxSxD = rematerialized(
-            self.remat_blocks, lambda model, x_bin, x_glob, ident_BxNxD, rf_BxNx5: model._decode(
-                x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5, deterministic))(
-            self, x_bin, x_glob, ident_BxNxD, rf_BxNx5)
+        out_resp, out_beh, vid_BxNxSxD = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD,
+                                                      rf_BxNx5, deterministic)
         c = cfg.behavior_channels
         if self.readout_gain is not None:
             out_resp = out_resp * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])

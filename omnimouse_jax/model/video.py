@@ -233,7 +233,8 @@ class VideoEncoder(nnx.Module):
             self.downsample_norms = None
             self.stages = nnx.List([
                 nnx.List([TransformerBlock(dims[i], heads[i], video_cfg.mlp_ratio, None, dropout=dropout,
-                                           kernel=kernel, dtype=dtype, rngs=rngs) for _ in range(depth)])
+                                           kernel=kernel, remat=remat, dtype=dtype, rngs=rngs)
+                          for _ in range(depth)])
                 for i, depth in enumerate(video_cfg.stages)])
 
     def _hiera(self, x_BxTxHxWxD: jax.Array, deterministic: bool) -> list[jax.Array]:
@@ -246,7 +247,7 @@ class VideoEncoder(nnx.Module):
             unit = self.geometry.units[stage]
             x = _to_units(x, unit)
             for block in blocks:
-                x = rematerialized(self.remat, lambda blk, x: blk(x, deterministic=deterministic))(block, x)
+                x = block(x, deterministic=deterministic)
             x = _from_units(x, unit)
             outputs.append(x)
         return outputs

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 
 def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled function, from XLA's cost analysis (None if the backend gives none)."""
+    """FLOPs of one call of a compiled (or lowered) function, from XLA's cost analysis (None if the backend gives
+    none). A loop's body is counted once, whatever its trip count."""
     try:
         cost = compiled.cost_analysis()
     except Exception:  # some backends do not implement cost analysis

@@ -23,7 +23,7 @@ from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.store import write_json_atomic, open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
-from omnimouse_jax.model.losses import loss_fn
+from omnimouse_jax.model.losses import combine, loss_fn, loss_sums, target_counts
 from omnimouse_jax.model.omnimouse import RF_SIZE_MAPPED, OmniMouse, count_parameters
 from omnimouse_jax.train import distributed, perf, sharding
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
@@ -71,6 +71,10 @@ def check_batch_divides_mesh(config, mesh) -> None:
     if config.train.batch_size % batch_devices:
         raise UserError(f"config.train.batch_size={config.train.batch_size}: must be a multiple of the mesh's "
                         f"data x fsdp devices ({batch_devices})")
+    m = microbatches_of(config)
+    if (config.train.batch_size // m) % batch_devices:
+        raise UserError(f"config.train.microbatches={m}: a micro-batch of {config.train.batch_size // m} examples "
+                        f"does not split over the mesh's data x fsdp devices ({batch_devices})")
 
 
 def create_model_and_optimizer(config, tx):
@@ -125,8 +129,13 @@ def stacked_fields(strategies) -> dict[str, np.ndarray]:
     return {k: np.stack([a[k] for a in arrays]).astype(np.int32) for k in masking.FIELDS}
 
 
-def step_functions(graphdef, model_config):
-    """(train_step, eval_step), pure functions of (state, batch, fields) for jax.jit."""
+def step_functions(graphdef, model_config, microbatches: int = 1):
+    """(train_step, eval_step), pure functions of (state, batch, fields) for jax.jit.
+
+    With microbatches M > 1 the train step runs the batch as M micro-batches in a lax.scan, adding their gradients:
+    the same update as one pass over the batch (the losses' means divide by the whole batch's target counts), in
+    about 1/M of the activation memory. Micro-batch j holds examples j, M + j, 2M + j, ..., so that it stays split
+    over the data-parallel devices like the batch."""
     num_samples = model_config.num_samples
 
     def forward_loss(model, batch, fields, deterministic):
@@ -134,10 +143,38 @@ def step_functions(graphdef, model_config):
         predictions = model(batch, masks, deterministic=deterministic)
         return loss_fn(predictions, batch, masks, model_config)
 
+    def micro_batched_grads(model, batch, fields):
+        masks = masking.make_masks(fields, batch["neuron_mask"], num_samples)
+        n_resp, n_beh = target_counts(batch, masks)
+        split = lambda x: jnp.swapaxes(x.reshape((x.shape[0] // microbatches, microbatches) + x.shape[1:]), 0, 1)  # noqa
+        micro = jax.tree.map(split, (batch, fields))
+        graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def scaled_loss(params, mb_batch, mb_fields):
+            mb_batch = jax.tree.map(lambda x: sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1)), mb_batch)
+            mb_masks = masking.make_masks(mb_fields, mb_batch["neuron_mask"], num_samples)
+            predictions = nnx.merge(graph, params, rest)(mb_batch, mb_masks, deterministic=False)
+            nll_sum, err_sum = loss_sums(predictions, mb_batch, mb_masks, model_config)
+            scaled = nll_sum / jnp.maximum(n_resp, 1) + model_config.behavior_weight * err_sum / jnp.maximum(n_beh, 1)
+            return scaled, (nll_sum, err_sum)
+
+        def add(carry, mb):
+            grads, nll, err = carry
+            (_, (nll_mb, err_mb)), grads_mb = jax.value_and_grad(scaled_loss, has_aux=True)(params, *mb)
+            return (jax.tree.map(jnp.add, grads, grads_mb), nll + nll_mb, err + err_mb), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (grads, nll, err), _ = jax.lax.scan(add, (jax.tree.map(jnp.zeros_like, params), zero, zero), micro)
+        loss, parts = combine(nll, err, n_resp, n_beh, model_config)
+        return (loss, parts), grads
+
     def train_step(state, batch, fields):
         model, optimizer = nnx.merge(graphdef, state)
-        (loss, parts), grads = nnx.value_and_grad(
-            lambda m: forward_loss(m, batch, fields, False), has_aux=True)(model)
+        if microbatches > 1:
+            (loss, parts), grads = micro_batched_grads(model, batch, fields)
+        else:
+            (loss, parts), grads = nnx.value_and_grad(
+                lambda m: forward_loss(m, batch, fields, False), has_aux=True)(model)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
@@ -148,9 +185,41 @@ def step_functions(graphdef, model_config):
     return train_step, eval_step
 
 
-def compile_train_step(graphdef, state, batch, fields, mesh, model_config):
+def microbatches_of(config) -> int:
+    """config.train.microbatches, checked: a positive divisor of the batch that leaves every micro-batch split evenly
+    over the data-parallel devices (checked against the mesh in check_batch_divides_mesh)."""
+    m = config.train.get("microbatches", 1)
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1 or config.train.batch_size % m:
+        raise UserError(f"config.train.microbatches={m!r}: expected a positive divisor of config.train.batch_size "
+                        f"({config.train.batch_size})")
+    if m > 1 and config.model.get("dropout", 0.0) > 0:
+        raise UserError(f"config.train.microbatches={m} needs config.model.dropout=0 (got {config.model.dropout}): "
+                        "micro-batches would share one dropout draw")
+    return m
+
+
+def model_flops(config, mesh) -> float | None:
+    """FLOPs per device of one training step as the model defines it: the step lowered (not compiled) with dense XLA
+    attention, no rematerialization and one pass over the batch. The numerator of MFU: XLA's cost analysis counts a
+    loop's body once, so the compiled step's own count misses the blockwise kernel's and the micro-batches' loop
+    trips, and remat's recomputation is not the model's work."""
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+        plain.model.attention, plain.model.remat, plain.train.microbatches = "xla", "none", 1
+    tx, _ = make_optimizer(plain.optim, int(plain.train.steps))
+    graphdef, state = abstract_state(plain, tx, mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step, _ = step_functions(graphdef, plain.model)
+    with sharding.use_rules(mesh):
+        lowered = jax.jit(train_step).lower(state, abstract_batch(plain, batch_sharding),
+                                            abstract_fields(plain.train.batch_size, batch_sharding))
+    flops = perf.compiled_flops(lowered)
+    return None if flops is None else flops / mesh.size
+
+
+def compile_train_step(graphdef, state, batch, fields, mesh, model_config, microbatches: int = 1):
     """The train step lowered and compiled for these (abstract or concrete) inputs; the state is donated."""
-    train_step, _ = step_functions(graphdef, model_config)
+    train_step, _ = step_functions(graphdef, model_config, microbatches)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     with sharding.use_rules(mesh):
         return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, None)).lower(
@@ -193,10 +262,10 @@ def compile_only(config) -> dict:
     batch = abstract_batch(config, sharding.batch_sharding(mesh))
     compiled = compile_train_step(graphdef, state, batch,
                                   abstract_fields(config.train.batch_size, sharding.batch_sharding(mesh)), mesh,
-                                  config.model)
+                                  config.model, microbatches_of(config))
     memory = compiled.memory_analysis()
     params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
-    flops = perf.compiled_flops(compiled)  # of the per-device (partitioned) program
+    flops = model_flops(config, mesh)
     return {
         "source": source, "devices": mesh.size, "mesh": dict(mesh.shape),
         "num_neuron_rows": int(config.model.num_neuron_rows), "global_batch": int(config.train.batch_size),
@@ -328,11 +397,12 @@ class TrainingSession:
     def _compile(self) -> None:
         self.train_step = compile_train_step(
             self.graphdef, self.state, abstract_batch(self.config, self.batch_sharding),
-            abstract_fields(self.config.train.batch_size, self.batch_sharding), self.mesh, self.config.model)
+            abstract_fields(self.config.train.batch_size, self.batch_sharding), self.mesh, self.config.model,
+            microbatches_of(self.config))
         _, eval_step = step_functions(self.graphdef, self.config.model)
         with sharding.use_rules(self.mesh):
             self.eval_step = jax.jit(eval_step)
-        self.step_flops = perf.compiled_flops(self.train_step)
+        self.step_flops = model_flops(self.config, self.mesh)
 
     # --- data -----------------------------------------------------------------------------------------------------
     def _device_batch(self, host_batch: dict) -> dict:
