@@ -1,7 +1,7 @@
 """Benchmark: one training step of a config size on this machine's devices, as JSON.
 
     python benchmarks/train_step.py --size tiny [--batch 8] [--neurons 128] [--attention auto] [--remat none]
-        [--microbatches 1] [--steps 10] [--mesh data=-1,fsdp=1,tensor=1]
+        [--device-microbatch 0] [--steps 10] [--mesh data=-1,fsdp=1,tensor=1]
 
 Random inputs of the step's shapes (every neuron real, strategies drawn from the training mix), the real model and
 optimizer, allocated and sharded as `omnimouse train` does. Reports the median step time after the first
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import jax
@@ -33,7 +34,7 @@ CONFIG = "experiments/configs/omnimouse.py"
 
 def config_for(args):
     overrides = [("data.root", "/nonexistent"), ("model.attention", args.attention), ("model.remat", args.remat),
-                 ("train.microbatches", str(args.microbatches)), ("model.max_neurons", str(args.neurons))]
+                 ("train.device_microbatch", str(args.device_microbatch)), ("model.max_neurons", str(args.neurons))]
     if args.batch:
         overrides.append(("train.batch_size", str(args.batch)))
     for item in filter(None, args.mesh.split(",")):
@@ -83,7 +84,7 @@ def run(args) -> dict:
     batch_sharding = sharding.batch_sharding(mesh)
     batch, fields = random_inputs(config, batch_sharding)
     start = time.perf_counter()
-    step = compile_train_step(graphdef, state, batch, fields, mesh, config.model, microbatches_of(config))
+    step = compile_train_step(graphdef, state, batch, fields, mesh, config.model, microbatches_of(config, mesh))
     compile_s = time.perf_counter() - start
     memory = step.memory_analysis()
     flops = model_flops(config, mesh)
@@ -100,7 +101,8 @@ def run(args) -> dict:
     return {
         "size": args.size, "backend": jax.default_backend(), "devices": mesh.size, "mesh": dict(mesh.shape),
         "global_batch": int(config.train.batch_size), "neurons": int(config.model.max_neurons),
-        "attention": args.attention, "remat": args.remat, "microbatches": microbatches_of(config),
+        "attention": args.attention, "remat": args.remat,
+        "device_microbatch": args.device_microbatch, "passes": microbatches_of(config, mesh),
         "dtype": config.model.dtype, "compile_s": round(compile_s, 2), "steps_timed": args.steps,
         "step_s_median": round(step_s, 4), "step_s_all": [round(t, 4) for t in times],
         "tokens_per_s": round(tokens / step_s, 1),
@@ -109,6 +111,7 @@ def run(args) -> dict:
         "compile_peak_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                   - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
         "device_peak_bytes": stats.get("peak_bytes_in_use"),
+        "host_peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
         "losses_finite": bool(np.all(np.isfinite(losses))),
     }
 
@@ -120,7 +123,7 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=128, help="neurons per example")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--remat", default="none")
-    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--device-microbatch", type=int, default=0, help="examples per device per pass (0: all)")
     parser.add_argument("--mesh", default="", help="e.g. data=1,fsdp=8")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=5)

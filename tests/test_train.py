@@ -110,11 +110,11 @@ def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, tmp_pat
 
 
 def test_micro_batched_steps_match_one_pass_over_the_batch(store, tmp_path):
-    """train.microbatches=2 splits each step's 16 examples into 2 passes of 8 (one per device) and adds their
-    gradients: the losses, and so the updates they follow from, equal one pass over the batch."""
+    """train.device_microbatch=1 splits each step's 16 examples (2 per device) into 2 passes of 8 (one per device)
+    and adds their gradients: the losses, and so the updates they follow from, equal one pass over the batch."""
     overrides = {"train.steps": 3, "train.batch_size": 16, "model.attention": "xla"}
     train(_config(store, **overrides), tmp_path / "one")
-    train(_config(store, **{**overrides, "train.microbatches": 2, "model.attention": "blockwise",
+    train(_config(store, **{**overrides, "train.device_microbatch": 1, "model.attention": "blockwise",
                             "model.remat": "block"}), tmp_path / "two")
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], rtol=1e-5)
@@ -134,10 +134,9 @@ def test_bad_mesh_and_batch_are_named(store, tmp_path):
         train(_config(store, **{"mesh.data": 3}), tmp_path / "a")
     with pytest.raises(UserError, match="config.train.batch_size=4"):
         train(_config(store, **{"train.batch_size": 4, "mesh.data": 8}), tmp_path / "b")
-    with pytest.raises(UserError, match=r"config.train.microbatches=3: expected a positive divisor"):
-        train(_config(store, **{"train.microbatches": 3}), tmp_path / "c")
-    with pytest.raises(UserError, match=r"config.train.microbatches=2: a micro-batch of 4 examples does not split"):
-        train(_config(store, **{"train.microbatches": 2, "mesh.data": 8}), tmp_path / "d")
+    with pytest.raises(UserError, match=r"config.train.device_microbatch=3: expected 0 \(no split\) or a divisor "
+                                        r"of the 2 examples each device gets of config.train.batch_size=16"):
+        train(_config(store, **{"train.device_microbatch": 3, "train.batch_size": 16}), tmp_path / "c")
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(store, tmp_path):

@@ -134,8 +134,9 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
         steps={"test": 200, "tiny": 600}.get(size, 1_000_000), batch_size=8 if cpu else 64,
         log_every_steps=10 if cpu else 100, eval_every_steps=100 if cpu else 10_000, eval_batches=8,
         tensorboard=True, compile_cache=True,
-        # Micro-batches per step (the step's examples in M passes, gradients added; docs/performance.md).
-        microbatches=1))
+        # Examples per device per pass: each device's share of the batch runs in passes of this many, gradients
+        # added (the same update in less memory); 0: one pass (docs/performance.md).
+        device_microbatch=0))
     # Mesh axis sizes; -1 takes every device the other axes leave.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000, keep=3, use_async=True))

@@ -71,10 +71,7 @@ def check_batch_divides_mesh(config, mesh) -> None:
     if config.train.batch_size % batch_devices:
         raise UserError(f"config.train.batch_size={config.train.batch_size}: must be a multiple of the mesh's "
                         f"data x fsdp devices ({batch_devices})")
-    m = microbatches_of(config)
-    if (config.train.batch_size // m) % batch_devices:
-        raise UserError(f"config.train.microbatches={m}: a micro-batch of {config.train.batch_size // m} examples "
-                        f"does not split over the mesh's data x fsdp devices ({batch_devices})")
+    microbatches_of(config, mesh)
 
 
 def create_model_and_optimizer(config, tx):
@@ -132,10 +129,10 @@ def stacked_fields(strategies) -> dict[str, np.ndarray]:
 def step_functions(graphdef, model_config, microbatches: int = 1):
     """(train_step, eval_step), pure functions of (state, batch, fields) for jax.jit.
 
-    With microbatches M > 1 the train step runs the batch as M micro-batches in a lax.scan, adding their gradients:
-    the same update as one pass over the batch (the losses' means divide by the whole batch's target counts), in
-    about 1/M of the activation memory. Micro-batch j holds examples j, M + j, 2M + j, ..., so that it stays split
-    over the data-parallel devices like the batch."""
+    With microbatches M > 1 (config.train.device_microbatch) the train step runs the batch as M micro-batches in a
+    lax.scan, adding their gradients: the same update as one pass over the batch (the losses' means divide by the
+    whole batch's target counts) in about 1/M of the activation memory. Micro-batch j holds examples j, M + j,
+    2M + j, ..., so that it stays split over the data-parallel devices like the batch."""
     num_samples = model_config.num_samples
 
     def forward_loss(model, batch, fields, deterministic):
@@ -185,16 +182,18 @@ def step_functions(graphdef, model_config, microbatches: int = 1):
     return train_step, eval_step
 
 
-def microbatches_of(config) -> int:
-    """config.train.microbatches, checked: a positive divisor of the batch that leaves every micro-batch split evenly
-    over the data-parallel devices (checked against the mesh in check_batch_divides_mesh)."""
-    m = config.train.get("microbatches", 1)
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1 or config.train.batch_size % m:
-        raise UserError(f"config.train.microbatches={m!r}: expected a positive divisor of config.train.batch_size "
-                        f"({config.train.batch_size})")
+def microbatches_of(config, mesh) -> int:
+    """Passes per step: each device's share of the batch over config.train.device_microbatch (examples per device
+    per pass; 0: the whole share in one pass). UserError unless it divides the share."""
+    k = config.train.get("device_microbatch", 0)
+    share = config.train.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (k and share % k):
+        raise UserError(f"config.train.device_microbatch={k!r}: expected 0 (no split) or a divisor of the "
+                        f"{share} examples each device gets of config.train.batch_size={config.train.batch_size}")
+    m = share // k if k else 1
     if m > 1 and config.model.get("dropout", 0.0) > 0:
-        raise UserError(f"config.train.microbatches={m} needs config.model.dropout=0 (got {config.model.dropout}): "
-                        "micro-batches would share one dropout draw")
+        raise UserError(f"config.train.device_microbatch={k} needs config.model.dropout=0 (got "
+                        f"{config.model.dropout}): micro-batches would share one dropout draw")
     return m
 
 
@@ -205,7 +204,7 @@ def model_flops(config, mesh) -> float | None:
     trips, and remat's recomputation is not the model's work."""
     plain = config.copy_and_resolve_references()
     with plain.unlocked():
-        plain.model.attention, plain.model.remat, plain.train.microbatches = "xla", "none", 1
+        plain.model.attention, plain.model.remat, plain.train.device_microbatch = "xla", "none", 0
     tx, _ = make_optimizer(plain.optim, int(plain.train.steps))
     graphdef, state = abstract_state(plain, tx, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
@@ -262,7 +261,7 @@ def compile_only(config) -> dict:
     batch = abstract_batch(config, sharding.batch_sharding(mesh))
     compiled = compile_train_step(graphdef, state, batch,
                                   abstract_fields(config.train.batch_size, sharding.batch_sharding(mesh)), mesh,
-                                  config.model, microbatches_of(config))
+                                  config.model, microbatches_of(config, mesh))
     memory = compiled.memory_analysis()
     params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
     flops = model_flops(config, mesh)
@@ -398,7 +397,7 @@ class TrainingSession:
         self.train_step = compile_train_step(
             self.graphdef, self.state, abstract_batch(self.config, self.batch_sharding),
             abstract_fields(self.config.train.batch_size, self.batch_sharding), self.mesh, self.config.model,
-            microbatches_of(self.config))
+            microbatches_of(self.config, self.mesh))
         _, eval_step = step_functions(self.graphdef, self.config.model)
         with sharding.use_rules(self.mesh):
             self.eval_step = jax.jit(eval_step)

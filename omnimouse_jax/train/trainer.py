@@ -7,7 +7,8 @@
 Multi-process runs join jax.distributed first (omnimouse_jax.train.distributed: flags, SLURM or Cloud TPU), check
 that every process runs the same config, and then train as one program over all processes' devices.
 --compile-only plans a run instead: it compiles the train step for the config's mesh on abstract inputs and prints
-per-device memory and FLOPs per step without allocating parameters (on a CPU it fakes the devices the mesh needs).
+per-device memory and FLOPs per step without allocating parameters (on a CPU it fakes the devices the mesh needs;
+docs/performance.md has the table for every size).
 
 Each step samples a masking strategy from the training mix (a pure function of seed and step), so one compiled step
 serves every strategy. The next step is dispatched before the previous step's metrics are fetched. Checkpoints hold the
@@ -105,7 +106,8 @@ def print_plan(result: dict) -> None:
     print("per device:")
     for name, value in rows:
         print(f"  {name:<24}{mib(value)}")
-    print(f"FLOPs per step: {result['flops_per_device']:.4g} per device, {result['flops_per_step']:.4g} in all")
+    print(f"model FLOPs per step (dense attention, no remat): {result['flops_per_device']:.4g} per device, "
+          f"{result['flops_per_step']:.4g} in all")
 
 
 @dataclasses.dataclass
