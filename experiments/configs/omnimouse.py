@@ -21,6 +21,10 @@ import ml_collections
 
 from omnimouse_jax.errors import UserError
 
+# Examples per device per pass (config.train.device_microbatch): the most that keep a training step's memory within
+# 16 GiB per device for 1M..20M and within an H200's for 80M and 300M (fsdp 8), at 4096 neurons, bf16
+# (docs/performance.md).
+DEVICE_MICROBATCH = {"1M": 2, "5M": 2, "20M": 1, "80M": 1, "300M": 1}
 # name: (d_model, num_layers, num_heads, video stages, local:global)
 PAPER_SIZES = {
     "1M": (256, 2, 4, (2, 2), (1, 1)),
@@ -136,7 +140,7 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
         tensorboard=True, compile_cache=True,
         # Examples per device per pass: each device's share of the batch runs in passes of this many, gradients
         # added (the same update in less memory); 0: one pass (docs/performance.md).
-        device_microbatch=0))
+        device_microbatch=DEVICE_MICROBATCH.get(size, 0)))
     # Mesh axis sizes; -1 takes every device the other axes leave.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000, keep=3, use_async=True))
