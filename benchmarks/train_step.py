@@ -22,10 +22,9 @@ import numpy as np
 from flax import nnx
 
 from omnimouse_jax.config import load_config
-from omnimouse_jax.model import masking
 from omnimouse_jax.train import perf, sharding
 from omnimouse_jax.train.optim import make_optimizer
-from omnimouse_jax.train.session import (abstract_batch, abstract_fields, abstract_state, check_batch_divides_mesh,
+from omnimouse_jax.train.session import (abstract_batch, check_batch_divides_mesh,
                                          compile_train_step, create_model_and_optimizer, microbatches_of, model_flops,
                                          stacked_fields, training_mix)
 
@@ -77,10 +76,8 @@ def run(args) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     check_batch_divides_mesh(config, mesh)
     tx, _ = make_optimizer(config.optim, int(config.train.steps))
-    graphdef, abstract = abstract_state(config, tx, mesh)
-    with sharding.use_rules(mesh):
-        state = jax.jit(lambda: nnx.split(create_model_and_optimizer(config, tx))[1],
-                        out_shardings=jax.tree.map(lambda x: x.sharding, abstract))()
+    with sharding.use_rules(mesh):  # born sharded, as TrainingSession creates them
+        graphdef, state = nnx.split(nnx.jit(lambda: create_model_and_optimizer(config, tx))())
     batch_sharding = sharding.batch_sharding(mesh)
     batch, fields = random_inputs(config, batch_sharding)
     start = time.perf_counter()

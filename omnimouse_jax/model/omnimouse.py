@@ -254,9 +254,9 @@ class OmniMouse(nnx.Module):
             kernel_init=partitioned(VIDEO_HEAD_INIT, "embed", None), rngs=rngs) if cfg.video_skip_readout else None
         self.behavior_tokens = BehaviorTokenizer(cfg.behavior_channels, t, d, rngs=rngs)
         kernel = Kernel(cfg.attention, checkpoint=cfg.remat != "none")
-        self.remat_blocks = cfg.remat == "block"
+        remat_blocks = cfg.remat == "block"
         self.video = VideoEncoder(cfg.video, t, tuple(cfg.frame_shape), dropout=cfg.dropout, dtype=dtype, rngs=rngs,
-                                  kernel=kernel, remat=self.remat_blocks)
+                                  kernel=kernel, remat=remat_blocks)
         self.video_project = nnx.Linear(self.video.out_dim, d, dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=partitioned(nnx.initializers.lecun_normal(), "mlp", "embed"),
                                         bias_init=partitioned(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
@@ -289,14 +289,14 @@ class OmniMouse(nnx.Module):
         self.behavior_queries = embed(cfg.behavior_channels, d)
 
         self.encoder = TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, cross=True, dropout=cfg.dropout,
-                                        kernel=kernel, remat=self.remat_blocks, dtype=dtype, rngs=rngs)
+                                        kernel=kernel, remat=remat_blocks, dtype=dtype, rngs=rngs)
         local, glob = cfg.local_global_ratio
         self.layer_is_local = tuple(i % (local + glob) < local for i in range(cfg.num_layers))
         self.layers = nnx.List([TransformerBlock(d, cfg.num_heads, cfg.ffn_mult, omega, dropout=cfg.dropout,
-                                                 kernel=kernel, remat=self.remat_blocks, dtype=dtype, rngs=rngs)
+                                                 kernel=kernel, remat=remat_blocks, dtype=dtype, rngs=rngs)
                                 for _ in range(cfg.num_layers)])
         self.decoder = TransformerBlock(d, cfg.num_heads, cfg.decoder_ffn_mult, omega, cross=True, dropout=cfg.dropout,
-                                        kernel=kernel, remat=self.remat_blocks, dtype=dtype, rngs=rngs)
+                                        kernel=kernel, remat=remat_blocks, dtype=dtype, rngs=rngs)
         self.out_norm = rms_norm(d, dtype=dtype, rngs=rngs)
         self.response_head = nnx.Linear(d, cfg.readout_step, dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=partitioned(nnx.initializers.lecun_normal(), "embed", None),
@@ -373,15 +373,15 @@ class OmniMouse(nnx.Module):
         kv_bins = tok_BxKxNxD[:, idx].reshape(b, self.num_bins, -1, d)
         kv_bins_valid = (tok_valid_BxKxN[:, idx] & pad_ok[None, :, :, None]).reshape(b, self.num_bins, -1)
         kv_bins_t = np.repeat(lay.token_times[idx], n, axis=-1)
-
         lat_BxWxGxD = self.encoder(
-            lat_BxWxGxD, lay.latent_times, kv=jnp.concatenate([kv_bins, sink], axis=2),
+            lat_BxWxGxD, lay.latent_times,
+            kv=jnp.concatenate([kv_bins, sink], axis=2),
             t_kv_s=np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1),
             key_valid=jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2),
             deterministic=deterministic)
         glob_BxGxD = self.encoder(
-            glob_BxGxD, np.zeros(cfg.num_global_latents), kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d),
-                                                                              sink[:, 0]], axis=1),
+            glob_BxGxD, np.zeros(cfg.num_global_latents),
+            kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink[:, 0]], axis=1),
             t_kv_s=np.concatenate([np.repeat(lay.token_times, n), [0.0]]),
             key_valid=jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1),
             deterministic=deterministic)
@@ -417,8 +417,8 @@ class OmniMouse(nnx.Module):
         # Decoder: queries per (neuron, readout step) and per behavior channel (and step, if per_step).
         rf_BxNx5 = (self.identity.receptive_field(batch["neuron_index"])
                     if cfg.video_readout_prior == "gaussian" else None)
-        out_resp, out_beh, vid_BxNxSxD = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD,
-                                                      rf_BxNx5, deterministic)
+        out_resp, out_beh, vid_BxNxSxD = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
+                                                      ident_BxNxD, rf_BxNx5, deterministic)
         c = cfg.behavior_channels
         if self.readout_gain is not None:
             out_resp = out_resp * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])
