@@ -128,6 +128,25 @@ def test_cudnn_kernel_equals_dense_on_gpu():
     np.testing.assert_allclose(np.asarray(out, np.float32), numpy_attention(q, k, v, valid, None), atol=2e-2)
 
 
+def test_cudnn_wrapper_pads_odd_lengths_and_keeps_only_valid_keys(monkeypatch):
+    """The padding and key reordering around cuDNN, checked on CPU with XLA's attention in cuDNN's place: odd query
+    and key lengths (cuDNN refuses them with masks), rows that keep only the sink, values and gradients."""
+    xla_attention = jax.nn.dot_product_attention
+
+    def stand_in(q, k, v, *, key_value_seq_lengths, implementation):
+        assert implementation == "cudnn" and q.shape[1] % kernels.CUDNN_BLOCK == 0
+        assert k.shape[1] % kernels.CUDNN_BLOCK == 0
+        return xla_attention(q, k, v, key_value_seq_lengths=key_value_seq_lengths)
+
+    monkeypatch.setattr(kernels.jax.nn, "dot_product_attention", stand_in)
+    q, k, v, valid, _, g = case(bias=False)
+    f = lambda q, k, v: (kernels.cudnn_attention(q, k, v, jnp.asarray(valid)) * g).sum()  # noqa: E731
+    out = kernels.cudnn_attention(q, k, v, jnp.asarray(valid))
+    np.testing.assert_allclose(out, numpy_attention(q, k, v, valid, None), rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.grad(f, argnums=(0, 1, 2))(q, k, v), numpy_gradients(q, k, v, valid, None, g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_auto_resolves_per_backend_and_falls_back_where_a_kernel_cannot_take_the_inputs():
     q32 = jnp.zeros((1, 4, 2, 8), jnp.float32)
     assert Kernel("auto").resolve(q32, None) == "blockwise"  # this CPU backend

@@ -224,11 +224,18 @@ def valid_keys_first(k_BxSxHxK, v_BxSxHxK, key_valid_BxS):
     return take(k_BxSxHxK), take(v_BxSxHxK), key_valid_BxS.sum(1).astype(jnp.int32)
 
 
+CUDNN_BLOCK = 128  # query and key lengths padded to a multiple: cuDNN refuses odd lengths with masks (the sink key)
+
+
 def cudnn_attention(q, k, v, key_valid_BxS=None) -> jax.Array:
-    lengths = None
-    if key_valid_BxS is not None:
-        k, v, lengths = valid_keys_first(k, v, key_valid_BxS)
-    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+    """cuDNN's fused attention; padded keys are invalid and padded queries are dropped from the output."""
+    num_q, num_k = q.shape[1], k.shape[1]
+    q_len, k_len = (-(-n // CUDNN_BLOCK) * CUDNN_BLOCK for n in (num_q, num_k))
+    valid = jnp.ones(k.shape[:2], bool) if key_valid_BxS is None else jnp.asarray(key_valid_BxS, bool)
+    k, v, lengths = valid_keys_first(_pad_axis(k, 1, k_len), _pad_axis(v, 1, k_len), _pad_axis(valid, 1, k_len))
+    out = jax.nn.dot_product_attention(_pad_axis(q, 1, q_len), k, v, key_value_seq_lengths=lengths,
+                                       implementation="cudnn")
+    return out[:, :num_q]
 
 
 def splash_supported(bias_BxQxS) -> bool:

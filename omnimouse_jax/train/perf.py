@@ -26,7 +26,8 @@ def measure_matmul_peak(dtype=jnp.float32, repeats: int = 5) -> float:
 
     The size is picked per platform so the measurement takes well under a second on a CPU and saturates a GPU."""
     n = 1024 if jax.default_backend() == "cpu" else 8192
-    a = jnp.ones((n, n), dtype)
+    # Random operands, like real data: constant ones or zeros let a GPU clock higher and overstate its peak.
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best = float("inf")
