@@ -205,11 +205,18 @@ def model_flops(config, mesh) -> float | None:
     plain = config.copy_and_resolve_references()
     with plain.unlocked():
         plain.model.attention, plain.model.remat, plain.train.device_microbatch = "xla", "none", 0
+    # Lowered on one CPU device: the lowered step is the whole (unpartitioned) computation whatever the mesh, and
+    # accelerator plugins (PJRT C API) give no cost analysis of a lowered program.
+    try:
+        count_devices = jax.devices("cpu")[:1]
+    except RuntimeError:  # JAX_PLATFORMS excludes the CPU
+        count_devices = jax.devices()[:1]
+    count_mesh = sharding.make_mesh({axis: 1 for axis in sharding.MESH_AXES}, count_devices)
     tx, _ = make_optimizer(plain.optim, int(plain.train.steps))
-    graphdef, state = abstract_state(plain, tx, mesh)
-    batch_sharding = sharding.batch_sharding(mesh)
+    graphdef, state = abstract_state(plain, tx, count_mesh)
+    batch_sharding = sharding.batch_sharding(count_mesh)
     train_step, _ = step_functions(graphdef, plain.model)
-    with sharding.use_rules(mesh):
+    with sharding.use_rules(count_mesh):
         lowered = jax.jit(train_step).lower(state, abstract_batch(plain, batch_sharding),
                                             abstract_fields(plain.train.batch_size, batch_sharding))
     flops = perf.compiled_flops(lowered)
