@@ -511,6 +511,59 @@ def test_population_readout_couples_each_target_to_the_visible_population():
     np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
 
 
+def test_history_readout_adds_filtered_own_and_population_history_of_earlier_visible_samples():
+    """The history readout against a loop reference: for each neuron and sample t, the exponentially weighted sums
+    over visible samples s < t of its own deviation (response - offset) and of the population's mean deviation, at
+    each timescale, weighted by bias + kernel . embedding, added to the logits (through the Softplus(beta) head);
+    a hidden response and a response at or after t change nothing."""
+    from omnimouse_jax.model.omnimouse import HISTORY_TIMESCALES_S
+
+    cfg = load_config("test").model
+    cfg.history_readout = True
+    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
+    batch = make_batch(cfg, seed=31)
+    masks = make_masks(strategy_arrays(PRESETS["causal_response_25"]), batch["neuron_mask"], T)
+    rng = np.random.default_rng(32)
+    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    filtered = nnx.clone(model)
+    kernel = rng.normal(size=model.history_readout.kernel.shape).astype(np.float32) * 0.3
+    bias = rng.normal(size=model.history_readout.bias.shape).astype(np.float32) * 0.3
+    filtered.history_readout.kernel[...] = jnp.asarray(kernel)
+    filtered.history_readout.bias[...] = jnp.asarray(bias)
+
+    identity = model.identity
+    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
+           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
+           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+    weights = emb @ kernel + bias  # (B, N, 2K)
+    offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    deviation = np.where(visible, batch["responses"] - offsets[:, None], 0.0)
+    population = deviation.sum(-1) / np.maximum(visible.sum(-1), 1)
+    k = len(HISTORY_TIMESCALES_S)
+    logits = np.zeros(batch["responses"].shape)
+    for j, tau in enumerate(HISTORY_TIMESCALES_S):
+        r = np.exp(-1 / (tau * cfg.sampling_rate_hz))
+        for t in range(T):
+            for s in range(t):
+                w = (1 - r) * r ** (t - s - 1)
+                logits[:, t] += w * (deviation[:, s] * weights[:, :, j] + population[:, s, None] * weights[:, :, k + j])
+
+    def rates(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
+
+    beta = cfg.softplus_beta
+    inverse = np.log(np.expm1(beta * rates(model, batch["responses"]))) / beta
+    expected = np.logaddexp(0.0, beta * (inverse + logits)) / beta
+    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    assert np.abs(logits[target]).mean() > 0.05  # the history reaches the targets
+    np.testing.assert_allclose(rates(filtered, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(rates(filtered, changed), rates(filtered, batch["responses"]))
+
+
 def test_attention_kernels_and_remat_give_the_same_loss_and_gradients():
     """xla, blockwise, and blockwise with each remat policy: one model (the `test` size, whose decoder reads video
     keys with the Gaussian prior, so a bias goes through every kernel), one batch, equal loss and gradients."""

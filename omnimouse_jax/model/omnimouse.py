@@ -26,6 +26,12 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             readout. At each sample it averages the visible neurons' deviations from their offsets, each weighted by
             the neuron's embedding, and maps that (d_embed,) vector to the channels: a classical linear population
             decoder whose per-neuron weights are a linear function of the embeddings. Zero at init.
+  history readout (history_readout=True; not in the paper's code): the spike-history and coupling filters of a
+            population GLM (Pillow et al. 2008). At each sample, exponentially weighted averages of the neuron's own
+            visible deviations from its offset and of the population's mean deviation, over strictly earlier samples
+            at a few timescales, are weighted by a linear function of the neuron's embedding and added to its
+            response logits: what forecasting a neuron needs of its own recent activity, which the encoder's
+            pooling into latents blurs. Zero at init; hidden samples contribute nothing.
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -87,13 +93,24 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "population_decoder": False, "decoder_video_keys": False, "decoder_window_bins": 1,
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
-                 "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none"}
+                 "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
+                 "history_readout": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
 # The video skip readout's head starts random, not at zero: at zero neither it nor the encoder behind it gets a
 # gradient (a saddle of the product). docs/evaluation.md compares init scales.
 VIDEO_HEAD_INIT = nnx.initializers.lecun_normal()
+# The history readout's timescales (s): its exponential filters span a sample to a few seconds.
+HISTORY_TIMESCALES_S = (0.1, 0.3, 1.0, 3.0)
+
+
+def history_filters(num_samples: int, sampling_rate_hz: float) -> np.ndarray:
+    """(K, T, T) causal exponential filters: [k, t, s] = (1 - r_k) r_k^(t - s - 1) for s < t, else 0, with
+    r_k = exp(-1 / (timescale_k x rate)); row t averages the samples strictly before t."""
+    lag_TxT = np.arange(num_samples)[:, None] - np.arange(num_samples)[None, :]
+    decay_K = np.exp(-1.0 / (np.asarray(HISTORY_TIMESCALES_S) * sampling_rate_hz))[:, None, None]
+    return np.where(lag_TxT >= 1, (1 - decay_K) * decay_K ** np.maximum(lag_TxT - 1, 0), 0.0).astype(np.float32)
 
 
 def check_model_config(cfg: ml_collections.ConfigDict) -> None:
@@ -228,7 +245,8 @@ class OmniMouse(nnx.Module):
         self.readout_cells = tuple(int(g[1] * g[2]) for g in geometry.grids)
         self.readout_channels = tuple(cfg.video.embed_dim * 2**i for i in range(len(geometry.grids)))
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
-                                       dtype=dtype, rngs=rngs, offsets=cfg.population_decoder or cfg.population_readout,
+                                       dtype=dtype, rngs=rngs, offsets=(cfg.population_decoder or cfg.population_readout
+                                                or cfg.history_readout),
                                        receptive_fields=cfg.video_readout_prior == "gaussian",
                                        video_readout=((sum(self.readout_cells), sum(self.readout_channels))
                                                       if cfg.video_factorized_readout else None))
@@ -320,6 +338,12 @@ class OmniMouse(nnx.Module):
             cfg.d_neuron_embed, cfg.d_neuron_embed, use_bias=False, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", None),
             rngs=rngs) if cfg.population_readout else None
+        # History readout weights: per timescale, for the own and the population trace, a shared weight plus a
+        # linear function of the neuron's embedding. Zero at init.
+        self.history_readout = nnx.Linear(
+            cfg.d_neuron_embed, 2 * len(HISTORY_TIMESCALES_S), param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", None),
+            bias_init=partitioned(nnx.initializers.zeros_init(), None), rngs=rngs) if cfg.history_readout else None
 
     def _check_batch(self, batch) -> None:
         cfg = self.config
@@ -433,6 +457,8 @@ class OmniMouse(nnx.Module):
         if self.population_readout is not None:
             coupling_BxNxE = self.population_readout(emb_BxNxE.astype(jnp.float32))
             samples_BxNxT = samples_BxNxT + jnp.einsum("bte,bne->bnt", pooled_BxTxE, coupling_BxNxE)
+        if self.history_readout is not None:
+            samples_BxNxT = samples_BxNxT + self._history(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
         rates = jax.nn.softplus(beta * samples_BxNxT) / beta
@@ -599,6 +625,22 @@ class OmniMouse(nnx.Module):
         count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
         pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
         return pooled_BxTxE * np.sqrt(self.config.max_neurons)
+
+    def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
+        """(B, N, T) logits of the history readout: sum over timescales k of w_k(neuron) x own_k(t) and
+        v_k(neuron) x population_k(t), the filtered visible deviations (response - offset) of the neuron and the
+        mean over visible neurons, from samples before t only."""
+        deviation_BxTxN = jnp.where(visible_BxTxN, responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None],
+                                    0.0)
+        count_BxT = jnp.maximum(visible_BxTxN.sum(-1), 1).astype(jnp.float32)
+        population_BxT = deviation_BxTxN.sum(-1) / count_BxT
+        filters_KxTxT = history_filters(self.config.num_samples, self.config.sampling_rate_hz)
+        own_BxKxTxN = jnp.einsum("kts,bsn->bktn", filters_KxTxT, deviation_BxTxN)
+        population_BxKxT = jnp.einsum("kts,bs->bkt", filters_KxTxT, population_BxT)
+        weights_BxNx2K = self.history_readout(emb_BxNxE.astype(jnp.float32))
+        k = len(HISTORY_TIMESCALES_S)
+        return (jnp.einsum("bktn,bnk->bnt", own_BxKxTxN, weights_BxNx2K[..., :k])
+                + jnp.einsum("bkt,bnk->bnt", population_BxKxT, weights_BxNx2K[..., k:]))
 
     def _mix(self, layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic):
         """One self-attention layer over the binned and global token sets."""
