@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-from omnimouse_jax import __version__
+from omnimouse_jax import __version__, interrupts
 from omnimouse_jax.errors import UserError
 
 # (group, name) -> (module, one-line help). Group None means a top-level command.
@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGINT and SIGTERM are honoured from here on, through imports and compiling (omnimouse_jax/interrupts.py).
+    with interrupts.handled():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as err:  # a signal while parsing or importing, before dispatch
+            return _interrupted(err)
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    print(f"omnimouse: {err or 'interrupted'}", file=sys.stderr)
+    return getattr(err, "exit_code", 130)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is honoured wherever users put it (`omnimouse data info X --debug`), not only before the command.
     debug = "--debug" in argv or os.environ.get("OMNIMOUSE_DEBUG") == "1"
@@ -94,9 +108,8 @@ def dispatch(module: str, args: argparse.Namespace, debug: bool = False) -> int:
             raise
         print(f"omnimouse: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("omnimouse: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # interrupts.Interrupted: exit 130 (SIGINT) or 143 (SIGTERM)
+        return _interrupted(err)
     except Exception as err:  # noqa: BLE001 - the CLI promises one line and exit 1 for anything unexpected
         if debug:
             raise

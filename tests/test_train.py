@@ -139,15 +139,22 @@ def test_bad_mesh_and_batch_are_named(store, tmp_path):
         train(_config(store, **{"train.device_microbatch": 3, "train.batch_size": 16}), tmp_path / "c")
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_0(store, tmp_path):
-    workdir = tmp_path / "w"
+def _train_process(store, workdir, **overrides):
+    settings = {"data.root": store, "train.steps": 100000, "checkpoint.every_steps": 100000,
+                "train.log_every_steps": 1, "train.tensorboard": False, **overrides}
     cmd = [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
-           *[f"--config.{k}={v}" for k, v in {"data.root": store, "train.steps": 100000, "checkpoint.every_steps": 100000,
-                                                "train.log_every_steps": 1, "train.tensorboard": False}.items()]]
+           *[f"--config.{k}={v}" for k, v in settings.items()]]
     import jax
 
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}  # reuse this session's
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT ignored by the parent, as a shell does for a background job: the command must still honour it.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def test_sigterm_during_training_saves_a_checkpoint_and_exits_143(store, tmp_path):
+    workdir = tmp_path / "w"
+    proc = _train_process(store, workdir)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (workdir / "metrics.jsonl").exists() or len(
             (workdir / "metrics.jsonl").read_text().splitlines()) < 3:
@@ -155,7 +162,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(store, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "stopped by signal" in err
+    assert proc.returncode == 143, err
+    assert "stopped by signal" in err and "interrupted by SIGTERM" in err
     steps = [int(s) for s in os.listdir(workdir / "checkpoints")]
     assert len(steps) == 1 and steps[0] >= 2 and steps[0] == max(_losses(workdir))
+
+
+def test_sigint_before_the_first_step_stops_at_once_with_exit_130(store, tmp_path):
+    """Ctrl-C while the command imports, opens the store or compiles: no step is run, nothing is saved."""
+    workdir = tmp_path / "w"
+    proc = _train_process(store, workdir)
+    time.sleep(3)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - start < 30
+    assert "interrupted by SIGINT" in err
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
+    assert not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text().strip()

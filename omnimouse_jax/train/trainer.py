@@ -13,13 +13,13 @@ docs/performance.md has the table for every size).
 Each step samples a masking strategy from the training mix (a pure function of seed and step), so one compiled step
 serves every strategy. The next step is dispatched before the previous step's metrics are fetched. Checkpoints hold the
 model, optimizer, data-iterator position, device-hours and the session layout; a workdir that has one resumes from it.
-SIGTERM/SIGINT save a checkpoint and exit cleanly; a non-finite loss stops the run before anything is saved past the
-last good checkpoint.
+SIGINT/SIGTERM stop a run at any time: before the loop at once, inside it after the current step and a checkpoint; the
+command then exits 130/143 (omnimouse_jax/interrupts.py). A non-finite loss stops the run before anything is saved
+past the last good checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
-import signal
+import contextlib
 from pathlib import Path
 
 ACCEPTS_CONFIG_OVERRIDES = True
@@ -110,16 +110,6 @@ def print_plan(result: dict) -> None:
           f"{result['flops_per_step']:.4g} in all")
 
 
-@dataclasses.dataclass
-class _Stop:
-    """Set by SIGTERM/SIGINT: finish the current step, save, exit 0."""
-
-    requested: bool = False
-
-    def __call__(self, signum, frame):
-        self.requested = True
-
-
 def train(config, workdir) -> dict:
     """Trains to config.train.steps (or until signalled) and returns the last logged training metrics."""
     from omnimouse_jax.train.session import TrainingSession
@@ -130,13 +120,17 @@ def train(config, workdir) -> dict:
 
 
 def run_until_done_or_signalled(session) -> dict:
-    """Runs a training session to its last step; SIGTERM/SIGINT finish the current step, save and return. Closes the
-    session either way and returns its last logged metrics."""
-    stop = _Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return session.run(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        session.close()
+    """Runs a training session to its last step and returns its last logged metrics. SIGINT/SIGTERM finish the
+    current step and save; the session is closed either way, and then an interrupted run raises
+    interrupts.Interrupted (exit 130/143 through the CLI)."""
+    from omnimouse_jax import interrupts
+
+    with contextlib.ExitStack() as stack:
+        stop = interrupts.active() or stack.enter_context(interrupts.handled())
+        try:
+            with stop.deferring():
+                metrics = session.run(stop)
+        finally:
+            session.close()
+        stop.raise_if_requested()
+        return metrics
