@@ -34,16 +34,18 @@ def _assert_matches_source(session, arrays, stimulus_only=()):
 
 
 def test_folder_round_trip_is_exact(tmp_path, capsys):
-    folder, arrays = make_session(tmp_path / "src", missing_responses=(2,), tiers=("train", "train", "oracle", "final_test_main"))
+    folder, arrays = make_session(tmp_path / "src", missing_responses=(2,),
+                                  tiers=("train", "train", "live_test_main", "final_test_main"))
     assert _import(folder, "--out", tmp_path / "store") == 0
-    assert f"{NAME}: 4 trials" in capsys.readouterr().out
+    assert (f"{NAME}: 4 trials (final_test_main 1, live_test_main 1 (1 stimulus-only), train 2)"
+            in capsys.readouterr().out)
     store = open_store(tmp_path / "store")
     session = store.session(NAME)
     assert session.animal == "dynamic29156" and session.behavior_channels == BEHAVIOR_CHANNELS
     assert session.frame_shape == (6, 8) and session.n_neurons == 5
     _assert_matches_source(session, arrays, stimulus_only=(2, 3))
     np.testing.assert_array_equal(session.trials["has_responses"], [True, True, False, False])
-    np.testing.assert_array_equal(session.trials["tier"], ["train", "train", "oracle", "final_test_main"])
+    np.testing.assert_array_equal(session.trials["tier"], ["train", "train", "live_test_main", "final_test_main"])
     np.testing.assert_array_equal(session.neurons["unit_ids"], np.arange(100, 105))
     np.testing.assert_allclose(session.neurons["coordinates"],
                                np.load(folder / "meta/neurons/cell_motor_coordinates.npy"), rtol=1e-6)
@@ -59,7 +61,7 @@ def test_folder_round_trip_is_exact(tmp_path, capsys):
     assert cli.main(["data", "info", str(tmp_path / "store"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     (row,) = info["sessions"]
-    assert row["tiers"] == {"train": 2, "oracle": 1, "final_test_main": 1}
+    assert row["tiers"] == {"train": 2, "live_test_main": 1, "final_test_main": 1}
     assert (row["n_trials"], row["n_samples"], row["n_neurons"]) == (4, 30 + 24 + 27 + 30, 5)
     assert info["total"]["neural_tokens"] == 5 * 54
     assert info["total"]["hours"] == pytest.approx(54 / 30 / 3600)
@@ -108,7 +110,10 @@ BAD_INPUTS = {
     "missing trial file": (lambda f: (f / "data/behavior/1.npy").unlink(), "data/behavior/1.npy: trial file counts"),
     "extra trial file": (lambda f: shutil.copy(f / "data/pupil_center/0.npy", f / "data/pupil_center/4.npy"),
                          "data/pupil_center/4.npy: trial file counts"),
-    "missing train responses": (lambda f: (f / "data/responses/0.npy").unlink(), "data/responses/0.npy: missing"),
+    "missing train responses": (lambda f: (f / "data/responses/0.npy").unlink(),
+                                "data/responses/0.npy: missing for a trial of tier 'train'"),
+    "missing oracle responses": (lambda f: (f / "data/responses/2.npy").unlink(),
+                                 "data/responses/2.npy: missing for a trial of tier 'oracle'"),
     "neuron count": (lambda f: np.save(f / "data/responses/1.npy", np.zeros((6, 24), np.float32)),
                      "data/responses/1.npy: shape (6, 24)"),
     "truncated npy": (lambda f: _truncate(f / "data/videos/2.npy"), "data/videos/2.npy: not a readable .npy"),

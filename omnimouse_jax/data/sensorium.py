@@ -27,6 +27,8 @@ SAMPLING_RATE = 30.0
 SOURCE_BEHAVIOR = ["pupil_dilation", "running_speed"]
 BEHAVIOR_CHANNELS = SOURCE_BEHAVIOR + ["pupil_x", "pupil_y", "pupil_dilation_derivative"]
 DATA_KEYS = ("videos", "responses", "behavior", "pupil_center")
+# Tiers released without responses (their responses are withheld for scoring): only their trials may lack a file.
+STIMULUS_ONLY_TIERS = ("live_test", "final_test")
 _SMALL_STAT = 16  # meta/statistics arrays up to this many values are copied into the manifest's provenance
 
 
@@ -191,6 +193,13 @@ def import_session(source: _Source, out, replace: bool = False, log=print) -> bo
     if tiers.ndim != 1 or unit_ids.ndim != 1:
         raise UserError(f"{source.describe('meta')}: tiers.npy and unit_ids.npy must be 1-d arrays")
     indices, with_responses = _trial_indices(source, len(tiers))
+    lacking = [i for i in indices if i not in with_responses]
+    refused = [i for i in lacking if not tiers[i].startswith(STIMULUS_ONLY_TIERS)]
+    if refused:
+        i = refused[0]
+        raise UserError(f"{source.describe(f'data/responses/{i}.npy')}: missing for a trial of tier {str(tiers[i])!r} "
+                        f"({len(refused)} such trial{'s' if len(refused) > 1 else ''}); only tiers released without "
+                        f"responses ({', '.join(t + '*' for t in STIMULUS_ONLY_TIERS)}) may lack them")
     n_neurons = len(unit_ids)
     first = source.load(f"data/videos/{indices[0]}.npy")
     if first.ndim != 3:
@@ -211,9 +220,6 @@ def import_session(source: _Source, out, replace: bool = False, log=print) -> bo
                 responses = _frames_last(source, f"data/responses/{i}.npy", (n_neurons,),
                                          f"(N, T) with N = {n_neurons} neurons as in meta/neurons/unit_ids.npy")
                 arrays.append(("responses", responses))
-            elif tiers[i] == "train":
-                raise UserError(f"{source.describe(f'data/responses/{i}.npy')}: missing for a train-tier trial "
-                                "(trial file counts differ between responses and videos)")
             t = video.shape[-1]
             for key, x in arrays:
                 if x.shape[-1] != t:
@@ -228,7 +234,9 @@ def import_session(source: _Source, out, replace: bool = False, log=print) -> bo
                              behavior=behavior_TxC, pupil_center=pupil.T, tier=tiers[i], source_index=i)
             n_bytes += sum(x.nbytes for _, x in arrays)
     seconds = time.perf_counter() - t0
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(Counter(tiers.tolist()).items()))
+    stimulus_only = Counter(tiers[i] for i in lacking)
+    counts = ", ".join(f"{k} {v}" + (f" ({stimulus_only[k]} stimulus-only)" if stimulus_only[k] else "")
+                       for k, v in sorted(Counter(tiers.tolist()).items()))
     log(f"{source.name}: {len(indices)} trials ({counts}), {n_neurons} neurons, {n_bytes / 1e6:.1f} MB in "
         f"{seconds:.1f} s ({n_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
     return True
