@@ -793,7 +793,7 @@ def _checkpoint_meta(workdir: Path, step: int | None) -> dict | None:
         steps = checkpointer.steps()
         if not steps or (step is not None and step not in steps):
             return None
-        return checkpointer.read_meta(steps[-1] if step is None else step)
+        return checkpointer.read_meta(step)[1]
     finally:
         checkpointer.close()
 

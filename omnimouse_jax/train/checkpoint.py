@@ -1,11 +1,14 @@
 """Checkpoints: model and optimizer state, the grain iterator, and a JSON record (step, RNG seed, device-hours,
 session layout, config) saved together by one orbax CheckpointManager, asynchronously, with a keep policy.
 
-Restore tries the newest step first and falls back to older ones if it is unreadable, saying so, so a checkpoint
-truncated by a crash never costs more than the interval since the previous one.
+Restore tries the newest step first and falls back to older ones if it is unreadable, saying so in one line (orbax's
+own tracebacks for the damaged files are silenced), so a checkpoint truncated by a crash never costs more than the
+interval since the previous one. Training moves the damaged step aside; reading for evaluation leaves every file as
+it is, and a step asked for by number must be readable.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -52,36 +55,56 @@ class Checkpointer:
             self.manager.wait_until_finished()
             kill_point("save_done", step)
 
-    def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def read_meta(self, step: int | None = None, log=None) -> tuple[int, dict]:
+        """(step, meta): the JSON record of `step`, or of the newest step whose record reads (older ones tried in
+        turn, each damaged one named in one line). UserError if `step`'s record is damaged or none reads."""
+        def read(candidate):
+            return self.manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, abstract_state, data_iterator=None, step: int | None = None, log=None):
+        return self._first_readable(read, step, log)
+
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None, log=None,
+                read_only: bool = False):
         """(step, state, meta, data_restored) from `step` or the newest readable checkpoint.
 
         `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) that the restored arrays follow. The
         grain iterator is restored in place when given and when the checkpoint holds this process's iterator file
-        (the same process count); otherwise data_restored is False and the caller positions it from the step."""
-        log = log or (lambda msg: print(msg, file=sys.stderr))
-        candidates = [step] if step is not None else self.steps()[::-1]
-        if not candidates:
-            raise UserError(f"{self.directory}: no checkpoint to restore")
-        errors = []
-        for candidate in candidates:
+        (the same process count); otherwise data_restored is False and the caller positions it from the step.
+        Unreadable newer steps are moved aside so training can save them anew, unless `read_only`."""
+        def read(candidate):
             items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
             iterator_file = (self.directory / str(candidate) / "data" /
                              f"process_{jax.process_index()}-of-{jax.process_count()}.json")
             with_data = data_iterator is not None and iterator_file.exists()
             if with_data:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
+            return restored["state"], restored["meta"], with_data
+
+        log = log or _stderr
+        found, (state, meta, with_data) = self._first_readable(read, step, log)
+        if not read_only:
+            self._quarantine([c for c in self.steps() if c > found], log)
+        return found, state, meta, with_data
+
+    def _first_readable(self, read, step: int | None, log):
+        """(step, read(step)) for `step`, or for the newest step that `read` can read."""
+        log = log or _stderr
+        candidates = [step] if step is not None else self.steps()[::-1]
+        if not candidates:
+            raise UserError(f"{self.directory}: no checkpoint to restore")
+        errors = []
+        for candidate in candidates:
             try:
-                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
+                with _quiet_orbax():
+                    return candidate, read(candidate)
             except Exception as err:  # orbax raises many types for a damaged step; try the previous one
                 errors.append(f"step {candidate}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-                log(f"checkpoint {self.directory / str(candidate)} is unreadable ({errors[-1]}); trying an older one")
-                continue
-            self._quarantine([c for c in candidates if c > candidate], log)
-            return candidate, restored["state"], restored["meta"], with_data
-        raise UserError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
+                if step is None:
+                    log(f"checkpoint {self.directory / str(candidate)} is unreadable ({errors[-1]}); trying an "
+                        "older one")
+        what = f"checkpoint step {step} is unreadable" if step is not None else "no readable checkpoint"
+        raise UserError(f"{self.directory}: {what} ({'; '.join(errors)})")
 
     def _quarantine(self, steps: list[int], log) -> None:
         """Moves unreadable newer steps aside (kept for inspection, never deleted) so the run can save them anew."""
@@ -101,6 +124,25 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silences the tracebacks orbax, tensorstore and asyncio log while a damaged step is read: the caller reports
+    the failure in one line."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "orbax", "jax")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _is_key(x) -> bool:

@@ -197,7 +197,7 @@ def _pretrained_meta(source: Path) -> dict:
                         f"(omnimouse train --workdir {source} ...)")
     checkpointer = Checkpointer(directory, use_async=False)
     try:
-        return checkpointer.read_meta(checkpointer.latest_step())
+        return checkpointer.read_meta()[1]
     finally:
         checkpointer.close()
 
@@ -282,8 +282,8 @@ def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
         return
     checkpointer = Checkpointer(directory, use_async=False)
     try:
-        step = checkpointer.latest_step()
-        saved = None if step is None else SessionLayout.from_dict(checkpointer.read_meta(step)["layout"])
+        saved = (None if checkpointer.latest_step() is None
+                 else SessionLayout.from_dict(checkpointer.read_meta()[1]["layout"]))
     finally:
         checkpointer.close()
     if saved is not None and saved != layout:

@@ -62,7 +62,7 @@ def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> Train
             raise UserError(f"{directory}: no checkpoint; train first (omnimouse train --workdir {workdir} ...)")
         if step is not None and step not in steps:
             raise UserError(f"{directory}: no checkpoint at step {step}; steps are {steps}")
-        meta = checkpointer.read_meta(step if step is not None else steps[-1])
+        _, meta = checkpointer.read_meta(step)  # the run's config and layout, the same at every step
         config = config_from_json(meta["config"])
         layout = SessionLayout.from_dict(meta["layout"])
         mesh = sharding.make_mesh(mesh_config or ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
@@ -70,7 +70,7 @@ def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> Train
         # Shapes and shardings only (no compile, no allocation); orbax reads the weights straight into place.
         graphdef, abstract = abstract_state(config, tx, mesh)
         target = nnx.to_pure_dict(abstract)
-        restored_step, restored, meta, _ = checkpointer.restore(abstract_like(target), step=step)
+        restored_step, restored, meta, _ = checkpointer.restore(abstract_like(target), step=step, read_only=True)
         state = jax.tree.map(lambda x: x, abstract)
         nnx.replace_by_pure_dict(state, data_to_keys(restored, target))
         model, _ = nnx.merge(graphdef, state)

@@ -384,10 +384,10 @@ class TrainingSession:
         return nnx.jit(lambda: create_model_and_optimizer(self.config, self.tx))()
 
     def _saved_layout(self) -> SessionLayout | None:
-        step = self.checkpointer.latest_step()
-        if step is None:
+        if self.checkpointer.latest_step() is None:
             return None
-        return SessionLayout.from_dict(self.checkpointer.read_meta(step)["layout"])
+        _, meta = self.checkpointer.read_meta()
+        return SessionLayout.from_dict(meta["layout"])
 
     def _validation_windows(self, store):
         try:

@@ -63,17 +63,31 @@ def test_kill9_around_a_checkpoint_then_resume_matches(store, reference, tmp_pat
     assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [4, 6, 8]
 
 
-def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, reference, tmp_path, capsys):
+@pytest.mark.parametrize("damaged", ["state", "meta"])
+def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, reference, tmp_path, capsys, damaged):
+    """A truncated array file or JSON record in the newest checkpoint: reading for evaluation scores the previous
+    step and moves nothing (and a request for the damaged step by number is refused); training resumes from the
+    previous step, moves the damaged one aside, and says so in a few lines."""
+    from omnimouse_jax.errors import UserError
+    from omnimouse_jax.train.restore import load_trained
+
     workdir = tmp_path / "w"
     config = load_config(CONFIG, [(k, str(v)) for k, v in {**_overrides(store), "train.steps": 6}.items()])
     train(config, workdir)
-    for path in (workdir / "checkpoints" / "6" / "state").rglob("*"):
-        if path.is_file() and "ocdbt.process" in str(path) and path.parent.name == "d":
+    for path in (workdir / "checkpoints" / "6" / damaged).rglob("*"):
+        if damaged == "meta" and path.name == "metadata":
+            path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+        if damaged == "state" and path.is_file() and "ocdbt.process" in str(path) and path.parent.name == "d":
             path.write_bytes(path.read_bytes()[:10])  # a truncated data file
+    assert load_trained(workdir).step == 4
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
+    with pytest.raises(UserError, match="checkpoint step 6 is unreadable"):
+        load_trained(workdir, step=6)
     capsys.readouterr()
     train(load_config(CONFIG, [(k, str(v)) for k, v in _overrides(store).items()]), workdir)
     err = capsys.readouterr().err
     assert "checkpoints/6 is unreadable" in err and "checkpoints_unreadable/6-" in err
+    assert len(err.splitlines()) <= 10, err[-3000:]
     resumed = _losses(workdir)
     np.testing.assert_allclose([resumed[s] for s in range(5, STEPS + 1)], [reference[s] for s in range(5, STEPS + 1)],
                                rtol=1e-6)
