@@ -116,6 +116,19 @@ def test_no_ablation_flag(workdir, tmp_path):
     assert "Input ablation" not in out.with_suffix(".md").read_text()
 
 
+def test_default_output_is_keyed_by_split_so_the_test_results_stay(workdir):
+    """Without --out, the test split writes eval.json (what sweeps collect) and any other split eval_<split>.json."""
+    from omnimouse_jax.cli import main
+
+    sentinel = '{"kept": true}'
+    (workdir / "eval.json").write_text(sentinel)
+    assert main(["evaluate", "--workdir", str(workdir), "--split", "train", "--regimes", "video_only",
+                 "--baselines", "none", "--max-batches", "1", "--no-ablation"]) == 0
+    assert (workdir / "eval.json").read_text() == sentinel
+    assert json.loads((workdir / "eval_train.json").read_text())["split"] == "train"
+    assert (workdir / "eval_train.md").exists()
+
+
 def test_digital_mice_report_the_planted_parameters_of_the_evaluated_checkpoint(result, workdir, store):
     from omnimouse_jax.evaluate.planted import PARAMETERS, planted_recovery
     from omnimouse_jax.train.restore import load_trained

@@ -164,6 +164,7 @@ def test_sigterm_during_training_saves_a_checkpoint_and_exits_143(store, tmp_pat
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "stopped by signal" in err and "interrupted by SIGTERM" in err
+    assert "compiling the train step ..." in err and "compiled in" in err
     steps = [int(s) for s in os.listdir(workdir / "checkpoints")]
     assert len(steps) == 1 and steps[0] >= 2 and steps[0] == max(_losses(workdir))
 

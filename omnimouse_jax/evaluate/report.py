@@ -15,6 +15,12 @@ from pathlib import Path
 from omnimouse_jax.errors import UserError, check_writable_file_target
 
 
+def default_out_name(split: str) -> str:
+    """eval.json for the test split (what `sweep --collect` reads), eval_<split>.json for any other, so scoring
+    another split never replaces the test results."""
+    return "eval.json" if split == "test" else f"eval_{split}.json"
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="trained run directory (its newest checkpoint is evaluated)")
     parser.add_argument("--step", type=int, default=None, help="evaluate the checkpoint of this step instead")
@@ -23,7 +29,9 @@ def add_arguments(parser) -> None:
                              "table) or comma-separated preset names")
     parser.add_argument("--split", default="test",
                         help="test (default), validation, oracle, train, test_bonus, or a tier name")
-    parser.add_argument("--out", default=None, help="eval.json path (default: WORKDIR/eval.json); eval.md beside it")
+    parser.add_argument("--out", default=None,
+                        help="eval.json path (default: WORKDIR/eval.json for the test split, which sweeps collect, "
+                             "else WORKDIR/eval_<split>.json); eval.md beside it")
     parser.add_argument("--store", default=None, help="session store (default: the one the model was trained on)")
     parser.add_argument("--baselines", default="mean,persistence,ridge,cnn,ln",
                         help="comma-separated from mean, persistence, ridge, cnn, ln; or 'none'")
@@ -63,7 +71,7 @@ def run(args) -> int:
     baselines = [] if args.baselines.strip() == "none" else regime_names(args.baselines)
     options = EvalOptions(max_batches=args.max_batches, train_batches=args.train_batches, cnn_steps=args.cnn_steps,
                           batch_size=args.batch_size, ablation=args.ablation)
-    out = Path(args.out) if args.out else Path(args.workdir) / "eval.json"
+    out = Path(args.out) if args.out else Path(args.workdir) / default_out_name(args.split)
     check_writable_file_target(out, "--out")
     result = evaluate_workdir(
         args.workdir, regimes=args.regimes, split=args.split, baselines=baselines, out=out, step=args.step,

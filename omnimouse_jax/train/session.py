@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -401,6 +402,8 @@ class TrainingSession:
         return self._map_windows(windows)
 
     def _compile(self) -> None:
+        start = time.monotonic()
+        self._say("compiling the train step ...")
         self.train_step = compile_train_step(
             self.graphdef, self.state, abstract_batch(self.config, self.batch_sharding),
             abstract_fields(self.config.train.batch_size, self.batch_sharding), self.mesh, self.config.model,
@@ -409,6 +412,13 @@ class TrainingSession:
         with sharding.use_rules(self.mesh):
             self.eval_step = jax.jit(eval_step)
         self.step_flops = model_flops(self.config, self.mesh)
+        self._say(f"compiled in {time.monotonic() - start:.1f} s")
+
+    @staticmethod
+    def _say(text: str) -> None:
+        """A progress line before the logger exists (process 0 only)."""
+        if distributed.is_main_process():
+            print(text, file=sys.stderr, flush=True)
 
     # --- data -----------------------------------------------------------------------------------------------------
     def _device_batch(self, host_batch: dict) -> dict:
