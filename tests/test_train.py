@@ -37,6 +37,20 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in records if "loss" in r and "split" not in r}
 
 
+def test_a_relative_store_path_is_saved_absolute(store, tmp_path, monkeypatch):
+    config = _config(store.name, **{"train.steps": 1, "checkpoint.every_steps": 1})
+    monkeypatch.chdir(store.parent)
+    train(config, tmp_path / "w")
+    saved = json.loads((tmp_path / "w" / "config.json").read_text())["data"]["root"]
+    assert saved == str(store.absolute())
+    from omnimouse_jax.train.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "w" / "checkpoints", use_async=False)
+    _, meta = checkpointer.read_meta()
+    checkpointer.close()
+    assert meta["config"]["data"]["root"] == str(store.absolute())
+
+
 def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(_config(store), whole)

@@ -294,6 +294,8 @@ def compile_only(config) -> dict:
 
 class TrainingSession:
     def __init__(self, config, workdir: Path):
+        if config.data.root:  # saved absolute, so evaluate, planted and finetune work from any directory
+            config.data.root = str(Path(config.data.root).expanduser().absolute())
         self.config, self.workdir = config, workdir
         self.total_steps = int(config.train.steps)
         self.nonfinite = {"run": 0, "total": 0}  # consecutive and total steps skipped for a non-finite loss
