@@ -140,6 +140,22 @@ def test_iterator_state_restores_the_exact_next_batches(store, layout):
     np.testing.assert_array_equal(expected[0]["window_start"], windows(3)["window_start"])
 
 
+def test_final_test_split_covers_every_final_test_tier(tmp_path):
+    from omnimouse_jax import cli
+    from sensorium_fixtures import NAME, make_session
+
+    folder, _ = make_session(tmp_path / "src", tiers=("train", "final_test", "final_test_1", "final_test_2"),
+                             nan_responses=())
+    assert cli.main(["data", "import-sensorium", str(folder), "--out", str(tmp_path / "store")]) == 0
+    store = open_store(tmp_path / "store")
+    layout = SessionLayout.from_store(store)
+    windows = pipeline.EvalWindows(store, layout, block=20, max_neurons=16, global_batch=4, seed=0,
+                                   tier="final_test")
+    assert sorted({row for _, _, row, _, _ in windows.examples}) == [1, 2, 3]
+    only = pipeline.EvalWindows(store, layout, block=20, max_neurons=16, global_batch=4, seed=0, tier="final_test_1")
+    assert {row for _, _, row, _, _ in only.examples} == {2}
+
+
 def test_unknown_session_and_empty_split_are_named(store, layout):
     with pytest.raises(UserError, match="config.data.sessions.*nope"):
         SessionLayout.from_store(store, ["nope"])

@@ -349,6 +349,8 @@ SPLITS = {
     "oracle": ("oracle",),
     "test": ("test", "final_test_main", "live_test_main"),
     "test_bonus": ("final_test_bonus", "live_test_bonus"),
+    # The OmniMouse corpus's held-out tiers, as the paper's evaluation scores them together.
+    "final_test": ("final_test", "final_test_1", "final_test_2", "final_test_3"),
 }
 
 

@@ -28,7 +28,9 @@ def add_arguments(parser) -> None:
                         help="'all' (every preset the model's neuron budget allows), 'paper' (those of the paper's "
                              "table) or comma-separated preset names")
     parser.add_argument("--split", default="test",
-                        help="test (default), validation, oracle, train, test_bonus, or a tier name")
+                        help="test (default: tiers test, final_test_main, live_test_main), validation (validation, "
+                             "oracle), oracle, train, test_bonus (final_test_bonus, live_test_bonus), final_test "
+                             "(final_test, final_test_1..3), or a tier name")
     parser.add_argument("--out", default=None,
                         help="eval.json path (default: WORKDIR/eval.json for the test split, which sweeps collect, "
                              "else WORKDIR/eval_<split>.json); eval.md beside it")
