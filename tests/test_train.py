@@ -37,8 +37,11 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in records if "loss" in r and "split" not in r}
 
 
-def test_a_relative_store_path_is_saved_absolute(store, tmp_path, monkeypatch):
+def test_a_relative_store_path_is_saved_absolute_and_another_model_is_refused_before_compiling(
+        store, tmp_path, monkeypatch):
     config = _config(store.name, **{"train.steps": 1, "checkpoint.every_steps": 1})
+    other = _config(store, **{"train.steps": 2, "model.d_neuron_embed": 8, "model.num_layers": 3,
+                              "model.attention": "blockwise"})  # the kernel may change between runs
     monkeypatch.chdir(store.parent)
     train(config, tmp_path / "w")
     saved = json.loads((tmp_path / "w" / "config.json").read_text())["data"]["root"]
@@ -49,6 +52,14 @@ def test_a_relative_store_path_is_saved_absolute(store, tmp_path, monkeypatch):
     _, meta = checkpointer.read_meta()
     checkpointer.close()
     assert meta["config"]["data"]["root"] == str(store.absolute())
+
+    from omnimouse_jax.errors import UserError
+    from omnimouse_jax.train import session
+
+    monkeypatch.setattr(session, "compile_train_step", lambda *a, **k: pytest.fail("compiled before the check"))
+    with pytest.raises(UserError, match=r"holds a run of another model \(model.d_neuron_embed: checkpoint 16, now 8; "
+                                        r"model.num_layers: checkpoint 2, now 3\)"):
+        train(other, tmp_path / "w")
 
 
 def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):

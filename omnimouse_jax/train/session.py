@@ -25,7 +25,8 @@ from omnimouse_jax.data.store import write_json_atomic, open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import combine, loss_fn, loss_sums, target_counts
-from omnimouse_jax.model.omnimouse import RF_SIZE_MAPPED, OmniMouse, count_parameters
+from omnimouse_jax.model.omnimouse import (ADDED_OPTIONS, ADDED_VIDEO_OPTIONS, RF_SIZE_MAPPED, OmniMouse,
+                                           count_parameters)
 from omnimouse_jax.train import distributed, perf, sharding
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
 from omnimouse_jax.train.logging import MetricsLogger
@@ -34,6 +35,27 @@ from omnimouse_jax.train.optim import make_optimizer
 # The batch fields the model reads; the rest (window positions, evaluation masks) stay on the host.
 MODEL_FIELDS = ("responses", "neuron_mask", "neuron_index", "session_index", "animal_index", "video", "behavior",
                 "behavior_mask")
+
+
+# config.model keys a resumed run may change: how the same parameters are computed, not which parameters exist.
+RESUMABLE_MODEL_KEYS = frozenset({"attention", "remat", "dtype", "dropout"})
+
+
+def changed_model_keys(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for each key of two JSON config.model dicts that differs, options newer than
+    the checkpoint taking the values its model was built with (ADDED_OPTIONS)."""
+    defaults = ADDED_VIDEO_OPTIONS if prefix == "video." else ADDED_OPTIONS if not prefix else {}
+    plain = lambda v: json.loads(json.dumps(v))  # noqa: E731 - tuples (ADDED_OPTIONS) as the JSON lists saved
+    changed = []
+    for key in sorted(set(current) | set(saved)):
+        if not prefix and key in RESUMABLE_MODEL_KEYS:
+            continue
+        old, new = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed.extend(changed_model_keys(old, new, f"{prefix}{key}."))
+        elif plain(old) != plain(new):
+            changed.append((f"{prefix}{key}", old, new))
+    return changed
 
 
 def configure_model(config, layout: SessionLayout, frame_shape) -> None:
@@ -326,6 +348,7 @@ class TrainingSession:
         self.layout = self._select_layout(store)
         reads = self._read_layout()
         configure_model(config, self.layout, store.session(reads.names[0]).frame_shape)
+        self._check_resumable()
         check_batch_divides_mesh(config, self.mesh)
         self.windows = self._map_windows(pipeline.TrainWindows(
             store, reads, block=config.model.num_samples, max_neurons=config.model.max_neurons,
@@ -385,6 +408,20 @@ class TrainingSession:
     def _init_model_and_optimizer(self):
         """Model and optimizer created inside one jit, so every parameter is born sharded in a single compile."""
         return nnx.jit(lambda: create_model_and_optimizer(self.config, self.tx))()
+
+    def _check_resumable(self) -> None:
+        """UserError naming the config.model keys whose values differ from the workdir's checkpoint, before anything
+        compiles (the saved weights fit only the model they were saved from)."""
+        if self.checkpointer.latest_step() is None:
+            return
+        _, meta = self.checkpointer.read_meta()
+        current = json.loads(self.config.to_json_best_effort())["model"]  # as the checkpoint saved its own
+        changed = changed_model_keys(meta["config"]["model"], current)
+        if changed:
+            shown = "; ".join(f"model.{key}: checkpoint {old!r}, now {new!r}" for key, old, new in changed[:8])
+            raise UserError(f"--workdir {self.workdir}: holds a run of another model ({shown}"
+                            f"{'; ...' if len(changed) > 8 else ''}); resume it with its own config "
+                            f"({self.workdir / 'config.json'}) or use a new workdir")
 
     def _saved_layout(self) -> SessionLayout | None:
         if self.checkpointer.latest_step() is None:
