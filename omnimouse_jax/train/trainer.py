@@ -127,10 +127,10 @@ def run_until_done_or_signalled(session) -> dict:
 
     with contextlib.ExitStack() as stack:
         stop = interrupts.active() or stack.enter_context(interrupts.handled())
-        try:
-            with stop.deferring():
+        with stop.deferring():  # also while closing: a second signal must not cut the final checkpoint's write
+            try:
                 metrics = session.run(stop)
-        finally:
-            session.close()
+            finally:
+                session.close()
         stop.raise_if_requested()
         return metrics
