@@ -70,7 +70,8 @@ class Checkpointer:
         `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) that the restored arrays follow. The
         grain iterator is restored in place when given and when the checkpoint holds this process's iterator file
         (the same process count); otherwise data_restored is False and the caller positions it from the step.
-        Unreadable newer steps are moved aside so training can save them anew, unless `read_only`."""
+        Falling back past unreadable newer steps moves them aside so training can save them anew, unless
+        `read_only`."""
         def read(candidate):
             items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
             iterator_file = (self.directory / str(candidate) / "data" /
@@ -83,7 +84,7 @@ class Checkpointer:
 
         log = log or _stderr
         found, (state, meta, with_data) = self._first_readable(read, step, log)
-        if not read_only:
+        if step is None and not read_only:
             self._quarantine([c for c in self.steps() if c > found], log)
         return found, state, meta, with_data
 
