@@ -172,9 +172,10 @@ def _train_process(store, workdir, **overrides):
     import jax
 
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}  # reuse this session's
-    # SIGINT ignored by the parent, as a shell does for a background job: the command must still honour it.
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # SIGINT ignored as a shell ignores it for a background job (and exec keeps it ignored): the command must still
+    # honour it. A shell does it rather than preexec_fn, which runs Python in a forked copy of a threaded process.
+    return subprocess.Popen(["bash", "-c", "trap '' INT; exec \"$@\"", "bash", *cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_sigterm_during_training_saves_a_checkpoint_and_exits_143(store, tmp_path):
