@@ -214,8 +214,8 @@ def _write_csv(path, header, rows):
      "column 'loss' must be finite and positive; row 2 is 0"),
     ([(1e3, 3.0), (1e4, "n/a"), (1e5, 1.5), (1e6, 1.2), (1e7, 1.1)], ("params", "loss"),
      "row 2, column 'loss': 'n/a' is not a number"),
-    ([(1e3, 3.0), (1e4, 2.0), (1e5, 1.5)], ("params", "loss"), "needs at least 4 points"),
-    ([], ("params", "loss"), "no data rows; form 'power' has 3 parameters and needs at least 4 points"),
+    ([(1e3, 3.0), (1e4, 2.0), (1e5, 1.5)], ("params", "loss"), "needs at least 5 points"),
+    ([], ("params", "loss"), "no data rows; form 'power' has 3 parameters and needs at least 5 points"),
 ])
 def test_bad_csv_exits_2_naming_file_and_column(tmp_path, capsys, rows, columns, message):
     path = _write_csv(tmp_path / "runs.csv", columns, rows)
@@ -223,6 +223,25 @@ def test_bad_csv_exits_2_naming_file_and_column(tmp_path, capsys, rows, columns,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"omnimouse: error: {path}: ") and message in err[0]
+
+
+@pytest.mark.parametrize("form, header, rows", [
+    # 6 points for the 5-parameter law: once "0 converged" and intervals up to 1e70, with exit 0
+    ("chinchilla", ("N", "D", "loss"), [(1e6, 1e8, 3.1), (1e7, 1e8, 2.8), (1e8, 1e9, 2.4), (1e6, 1e9, 2.9),
+                                        (1e7, 1e10, 2.3), (1e8, 1e10, 2.1)]),
+    ("power", ("params", "loss"), [(1e3, 3.0), (1e4, 2.0), (1e5, 1.5), (1e6, 1.25)]),
+])
+def test_fit_command_needs_parameters_plus_two_points_and_says_why(tmp_path, capsys, form, header, rows):
+    path = _write_csv(tmp_path / "runs.csv", header, rows)
+    code = cli.main(["fit", "--csv", path, "--form", form, "--x", ",".join(header[:-1]), "--y", "loss"])
+    err = capsys.readouterr().err.strip().splitlines()
+    needed = len(rows) + 1  # one point short: the law has len(rows) - 1 parameters
+    assert code == 2 and len(err) == 1
+    assert f"needs at least {needed} points" in err[0] and f"got {len(rows)} points" in err[0]
+    assert "parameters + 2, because" in err[0] and "fitted exactly" in err[0]
+    # the library alone still fits with one point to spare (the figures' per-size curves rely on it)
+    x = {name: [row[j] for row in rows] for j, name in enumerate(header[:-1])}
+    assert fit.fit_law(x, [row[-1] for row in rows], form, bootstrap=0, holdout_top=0).n_points == len(rows)
 
 
 def test_cli_json_holds_the_report(tmp_path, capsys):

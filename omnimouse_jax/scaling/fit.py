@@ -161,7 +161,7 @@ def resample_counts(n_points: int, resamples: int, seed: int) -> np.ndarray:
 
 def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_top: int | None = None,
             exclude_top_loss: int = 0, budget_flops: float | None = None, objective_scale: float = 1.0,
-            x_names: tuple[str, ...] | None = None, y_name: str = "y") -> FitResult:
+            x_names: tuple[str, ...] | None = None, y_name: str = "y", min_points: int | None = None) -> FitResult:
     """Fits a scaling law with bootstrap intervals, held-out error, AICc/BIC and verdicts.
 
     x: a dict of named columns (one for 1-D forms; N then D for chinchilla), an (n,) array or an (n, 2) array.
@@ -169,7 +169,9 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
     of the largest distinct values of the first x column to hold out when measuring extrapolation error (default: a
     tenth of them, at least 1; 0 skips). exclude_top_loss: drop the K points with the highest loss before fitting (for
     `bounded`, the lowest scores). budget_flops: adds compute-optimal N and D for this budget (chinchilla, C = 6 N D).
-    objective_scale multiplies the objective; the answer must not depend on it. Bad input raises UserError.
+    objective_scale multiplies the objective; the answer must not depend on it. min_points: the fewest points (after
+    exclusions; also for the held-out refit) to fit at all, default the law's parameters + 1 (the `fit` command asks
+    for `checkable_points(form)`). Bad input raises UserError.
     """
     if form not in FORMS:
         raise UserError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
@@ -180,9 +182,10 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
     y_all = np.asarray(y, dtype=np.float64).reshape(-1)
     if len(y_all) != len(x_all):
         raise UserError(f"{y_name!r} has {len(y_all)} values but the x columns have {len(x_all)}")
+    min_points = len(_PARAMS[form]) + 1 if min_points is None else min_points
     if len(y_all) == 0:
         raise UserError(f"no data rows; form {form!r} has {len(_PARAMS[form])} parameters and needs at least "
-                        f"{len(_PARAMS[form]) + 1} points")
+                        f"{min_points} points")
     _check_values(form, names, x_all, y_name, y_all)
     loss_like = 1.0 - y_all if form == "bounded" else y_all
     if not 0 <= exclude_top_loss < len(y_all):
@@ -191,7 +194,7 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
     keep = np.setdiff1d(np.arange(len(y_all)), dropped)
     exclusions = [{"row": int(i) + 1, y_name: float(y_all[i])} for i in sorted(dropped)]
     x_NxD, y_N = x_all[keep], y_all[keep]
-    _check_count(form, names, x_NxD, y_name)
+    _check_count(form, names, x_NxD, y_name, min_points)
 
     theta, objective_value, starts = _fit_full(form, x_NxD, y_N, objective_scale)
     skipped = _why_no_intervals(form, x_NxD)
@@ -218,7 +221,7 @@ def fit_law(x, y, form: str, *, bootstrap: int = 1000, seed: int = 0, holdout_to
                                  "Gaussian likelihood of log residuals" if lse else "Gaussian likelihood of residuals")},
         optimizer=_optimizer_text(form, x_NxD),
         starts=starts,
-        heldout=_heldout(form, names, x_NxD, y_N, holdout_top, objective_scale),
+        heldout=_heldout(form, names, x_NxD, y_N, holdout_top, objective_scale, min_points),
         aicc=aicc, bic=bic,
         bootstrap={"resamples": resamples, "used": used, "seed": seed, "interval": f"{CONFIDENCE:g}% percentile",
                    "skipped": skipped},
@@ -348,13 +351,24 @@ def _why_no_intervals(form: str, x_NxD: np.ndarray) -> str | None:
     return f"no intervals: {len(counts)} distinct x for {k} parameters, {int((counts == 1).sum())} of them seen once"
 
 
-def _check_count(form: str, names, x_NxD: np.ndarray, y_name: str) -> None:
+def checkable_points(form: str) -> int:
+    """The fewest points the `fit` command accepts: the law's parameters + 2. With one point to spare, a bootstrap
+    resample (n draws with replacement) holds every point with probability n!/n^n (1.5% for chinchilla's 6), so nearly
+    every resample has no more distinct points than parameters and is fitted exactly: its intervals mean nothing (6
+    points for chinchilla gave intervals up to 1e70)."""
+    return len(_PARAMS[form]) + 2
+
+
+def _check_count(form: str, names, x_NxD: np.ndarray, y_name: str, min_points: int) -> None:
     k = len(_PARAMS[form])
     distinct = len(np.unique(x_NxD, axis=0))
-    if len(x_NxD) < k + 1 or distinct < k:
-        raise UserError(f"form {form!r} has {k} parameters and needs at least {k + 1} points with at least {k} "
+    if len(x_NxD) < min_points or distinct < k:
+        why = ("; parameters + 2, because with one point to spare nearly every bootstrap resample has no more "
+               "distinct points than parameters and is fitted exactly, so the intervals would mean nothing"
+               if min_points == checkable_points(form) else "")
+        raise UserError(f"form {form!r} has {k} parameters and needs at least {min_points} points with at least {k} "
                         f"distinct values of {', '.join(names)}; got {len(x_NxD)} points ({distinct} distinct) "
-                        f"of {y_name!r}")
+                        f"of {y_name!r}{why}")
     for j, name in enumerate(names):
         if form == "chinchilla" and len(np.unique(x_NxD[:, j])) < 2:
             raise UserError(f"form 'chinchilla' needs at least 2 distinct values of {name!r}")
@@ -684,7 +698,7 @@ def _information_criteria(form: str, theta, x_NxD, y_N) -> tuple[float | None, f
     return aicc, k * math.log(n) - 2 * log_lik
 
 
-def _heldout(form: str, names, x_NxD, y_N, holdout_top: int | None, scale: float) -> dict | None:
+def _heldout(form: str, names, x_NxD, y_N, holdout_top: int | None, scale: float, min_points: int) -> dict | None:
     """Extrapolation error: refit without the runs at the largest distinct values of the first x column, then the
     mean relative error of the prediction on them."""
     values = np.unique(x_NxD[:, 0])
@@ -696,7 +710,7 @@ def _heldout(form: str, names, x_NxD, y_N, holdout_top: int | None, scale: float
     base = {"column": names[0], "threshold": float(threshold), "distinct_values": int(min(top, len(values))),
             "n_points": int(held.sum())}
     try:
-        _check_count(form, names, x_NxD[~held], "y")
+        _check_count(form, names, x_NxD[~held], "y", min_points)
     except UserError as err:
         return {**base, "reason": f"too few points left to refit: {err}"}
     theta, _, _ = _fit_full(form, x_NxD[~held], y_N[~held], scale)

@@ -66,7 +66,7 @@ def read_columns(path: str, names: list[str]) -> dict[str, list[float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omnimouse_jax.scaling.fit import fit_law
+    from omnimouse_jax.scaling.fit import checkable_points, fit_law
 
     x_names = [c.strip() for c in args.x.split(",") if c.strip()]
     if args.bootstrap < 0:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = fit_law({n: columns[n] for n in x_names}, columns[args.y], args.form, bootstrap=args.bootstrap,
                          seed=args.seed, holdout_top=args.holdout_top, exclude_top_loss=args.exclude_top_loss,
-                         budget_flops=args.budget, y_name=args.y)
+                         budget_flops=args.budget, y_name=args.y, min_points=checkable_points(args.form))
     except UserError as err:
         raise UserError(f"{args.csv}: {err}") from None
     print(json.dumps(result.to_json(), indent=2) if args.json else result.summary())
