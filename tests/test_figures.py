@@ -124,3 +124,76 @@ def test_bad_tables_are_named(tmp_path):
     _write_runs(tmp_path / "runs.csv", [{"name": "x", "size": "s", "status": "finished", "N": "ten", "D": 1}])
     with pytest.raises(UserError, match="row 1, column 'N': 'ten' is not a number"):
         figures.read_runs(tmp_path / "runs.csv")
+
+
+def _visible_tick_labels(fig, axis):
+    fig.canvas.draw()
+    lo, hi = sorted(axis.get_view_interval())
+    return [(tick.get_loc(), tick.label1.get_text()) for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+            if lo <= tick.get_loc() <= hi and tick.label1.get_visible() and tick.label1.get_text()]
+
+
+def test_log_axes_over_narrow_ranges_have_plain_labels():
+    """The demo's losses span 0.988-1.113: matplotlib's default labelled that log axis 9.8x10^-1, 1.02x10^0, ..."""
+    import matplotlib.pyplot as plt
+
+    losses = {("d16", 1e4): 1.077, ("d16", 4e5): 0.988, ("d32", 1e4): 1.091, ("d32", 4e5): 0.992,
+              ("d64", 1e4): 1.113, ("d64", 4e5): 0.995}
+    points = [{"size": size, "N": 1e3, "D": d, "val_loss": loss} for (size, d), loss in losses.items()]
+    fig = figures.loss_figure(plt, points, figures.SweepFits(y="val_loss"), along="D", group="size")
+    ax = fig.axes[0]
+    for axis in (ax.yaxis, ax.xaxis):  # D spans 40x, also under two decades
+        labels = _visible_tick_labels(fig, axis)
+        assert len(labels) >= 3, labels
+        for loc, text in labels:
+            assert "times" not in text and "^" not in text, text
+            assert float(text.replace("\N{MINUS SIGN}", "-")) == pytest.approx(loc, rel=1e-6), (loc, text)
+    # over two decades or more the decade labels (10^k) stay
+    points = [{"size": "s", "N": 1e3, "D": d, "val_loss": loss} for d, loss in ((1e3, 50.0), (1e6, 0.2))]
+    fig = figures.loss_figure(plt, points, figures.SweepFits(y="val_loss"), along="D", group="size")
+    assert any("10^{" in text for _, text in _visible_tick_labels(fig, fig.axes[0].yaxis))
+    plt.close("all")
+
+
+def test_metrics_panel_has_a_y_label_and_the_fits_band(made, sweep_dir):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    points = figures.finished(figures.read_runs(sweep_dir / "runs.csv"), "val_loss")
+    fig = figures.metrics_figure(plt, points, made["fits"])
+    ax = fig.axes[0]
+    assert made["fits"].metrics["neural_prediction"].intervals  # intervals exist, so a band is drawn
+    assert ax.get_ylabel() == "single-trial correlation"
+    assert any(isinstance(c, PolyCollection) for c in ax.collections)
+    plt.close(fig)
+
+
+def test_frontier_fit_line_is_in_the_legend(made, sweep_dir):
+    import matplotlib.pyplot as plt
+
+    points = figures.finished(figures.read_runs(sweep_dir / "runs.csv"), "val_loss")
+    fig = figures.frontier_figure(plt, points, made["fits"])
+    alpha = made["fits"].frontier.params["alpha"]
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(t.startswith(f"power fit, alpha = {alpha:.3g} [") for t in texts), texts
+    plt.close(fig)
+
+
+def test_scores_through_too_few_sizes_get_the_log_linear_trend_with_its_band(tmp_path):
+    """The demo's shape: 3 sizes at the largest D, 2 seeds at the smallest. The 3-parameter bounded form passes
+    exactly through them and gets no interval; the 2-parameter log-linear trend gets one, and its band."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    sizes = [("s", 1e4, 0.20), ("s", 1e4, 0.22), ("m", 1e5, 0.27), ("l", 1e6, 0.30)]
+    rows = [{"name": f"r{i}", "size": size, "status": "finished", "N": n, "D": 1e6, "val_loss": 1.0 + 1 / n,
+             "neural_prediction": score} for i, (size, n, score) in enumerate(sizes)]
+    fits = figures.fit_sweep(rows, bootstrap=50)
+    trend = fits.metrics["neural_prediction"]
+    slope, intercept = np.polyfit(np.log10([n for _, n, _ in sizes]), [s for _, _, s in sizes], 1)
+    assert trend.form == "loglinear" and trend.params["slope"] == pytest.approx(slope, rel=1e-9)
+    assert trend.params["intercept"] == pytest.approx(intercept, rel=1e-9) and "slope" in trend.intervals
+    fig = figures.metrics_figure(plt, figures.finished(rows, "val_loss"), fits)
+    assert any(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
+    assert fig.axes[0].get_title() == "Neural prediction (loglinear)"
+    plt.close(fig)

@@ -11,8 +11,9 @@ the fits with 95% bootstrap intervals, the figures) and `fits.json`.
 Fits use omnimouse_jax.scaling.fit: the chinchilla law L = E + A N^-alpha + B D^-beta over all finished runs, and a
 power law E + A x^-alpha per model size (in D) and per data size (in N); bands are the 2.5-97.5 percentiles of the
 bootstrap draws' curves. Scores are fitted with the bounded form S_max - A N^-alpha, or log-linearly when too few
-sizes allow it. With --form auto a fit that has too few finished runs is skipped and the reason written to
-scaling.md; naming a form makes that a hard error saying how many runs the form needs.
+sizes allow it (the bounded form refused, or passing exactly through the sizes with no interval). With --form auto
+a fit that has too few finished runs is skipped and the reason written to scaling.md; naming a form makes that a hard
+error saying how many runs the form needs.
 """
 from __future__ import annotations
 
@@ -150,8 +151,12 @@ def fit_sweep(rows: list[dict], *, y: str = "val_loss", form: str = "auto", boot
         quiet = []  # the bounded form's refusal matters only if the log-linear fallback fails too
         result = _fit(xn, score, "bounded", f"bounded fit of {column}", strict=False, x_names=("N",),
                       **{**kw, "notes": quiet, "y_name": column})
-        result = result or _fit(xn, score, "loglinear", f"log-linear fit of {column}", strict=False, x_names=("N",),
-                                **{**kw, "y_name": column})
+        if result is None or result.bootstrap["skipped"]:
+            # refused, or passing exactly through too few sizes (no interval): the 2-parameter trend can be judged
+            trend = _fit(xn, score, "loglinear", f"log-linear fit of {column}", strict=False, x_names=("N",),
+                         **{**kw, "notes": quiet if result else fits.notes, "y_name": column})
+            if trend is not None and (result is None or not trend.bootstrap["skipped"]):
+                result = trend
         if result is not None:
             fits.metrics[column] = result
     flops = np.array([p.get("flops") or np.nan for p in points])
@@ -212,6 +217,31 @@ def _draw(ax, x, mid, lo, hi, color, label=None, style="-"):
         ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
+def readable_log_axis(axis) -> None:
+    """Plain tick labels on a log axis spanning less than two decades (call after plotting). Matplotlib labels such
+    an axis at its minor ticks in scientific form (8.6x10^-1); plain numbers in 1-2-5 steps, or evenly spaced within
+    a decade, read as the values they are."""
+    from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    if hi >= 100 * lo:
+        return
+    ticks = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+    ticks = ticks[(ticks >= lo) & (ticks <= hi)]
+    if len(ticks) < 3:
+        ticks = MaxNLocator(nbins=5).tick_values(lo, hi)
+        ticks = ticks[(ticks >= lo) & (ticks <= hi)]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(ScalarFormatter(useOffset=False))
+    axis.set_minor_locator(NullLocator())
+
+
+def _readable_log_axes(ax) -> None:
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            readable_log_axis(axis)
+
+
 def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = []
     for fmt in FORMATS:
@@ -223,7 +253,7 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _loss_panel(plt, points, fits: SweepFits, *, along: str, group: str, out: Path, stem: str) -> list[Path]:
+def loss_figure(plt, points, fits: SweepFits, *, along: str, group: str):
     """y against `along` (D or N), one colour per value of `group` (size or D), fitted curves with bands."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     groups = list(dict.fromkeys(p[group] for p in points))
@@ -253,17 +283,17 @@ def _loss_panel(plt, points, fits: SweepFits, *, along: str, group: str, out: Pa
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, title="size" if group == "size" else None)
     ax.grid(True, which="both", alpha=0.25)
-    paths = _save(fig, out, stem)
-    plt.close(fig)
-    return paths
+    _readable_log_axes(ax)
+    return fig
 
 
-def _metrics_panel(plt, points, fits: SweepFits, out: Path) -> list[Path]:
+def metrics_figure(plt, points, fits: SweepFits):
+    """Each regime's score against N at the largest D, with its fit and 95% band; None (and a note) without scores."""
     at_max = [p for p in points if p["D"] == max(q["D"] for q in points)]
     columns = [c for c in METRIC_COLUMNS.values() if any(p.get(c) is not None for p in at_max)]
     if not columns:
         fits.notes.append("metrics_vs_params: no run at the largest D has evaluation metrics (eval.json); not drawn")
-        return []
+        return None
     cols = min(4, len(columns))
     rows = math.ceil(len(columns) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
@@ -272,27 +302,31 @@ def _metrics_panel(plt, points, fits: SweepFits, out: Path) -> list[Path]:
         xn = np.array([p["N"] for p in sel])
         ax.scatter(xn, [p[column] for p in sel], color="C0", s=20, zorder=3)
         result = fits.metrics.get(column)
+        fitted = ""
         if result is not None:
             xs = _grid(xn)
             _draw(ax, xs, *curve(result, {"x": xs}), "C0")
+            fitted = f" ({result.form}{'' if result.bootstrap['used'] else ', no interval'})"
         ax.set_xscale("log")
-        ax.set_title(METRIC_TITLES[column] + (f" ({result.form})" if result is not None else ""), fontsize=9)
+        ax.set_title(METRIC_TITLES[column] + fitted, fontsize=9)
         ax.set_xlabel("N", fontsize=8)
         ax.grid(True, which="both", alpha=0.25)
+        _readable_log_axes(ax)
+    for row in axes:  # every score in the paper's table is a single-trial correlation
+        row[0].set_ylabel("single-trial correlation", fontsize=8)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     fig.suptitle(f"evaluation metrics vs non-embedding parameters (D = {at_max[0]['D']:.3g})", fontsize=10)
     fig.tight_layout()
-    paths = _save(fig, out, "metrics_vs_params")
-    plt.close(fig)
-    return paths
+    return fig
 
 
-def _frontier_panel(plt, points, fits: SweepFits, out: Path) -> list[Path]:
+def frontier_figure(plt, points, fits: SweepFits):
+    """Loss against training FLOPs, the frontier joined up and its power fit; None (and a note) without FLOPs."""
     sel = [p for p in points if (p.get("flops") or 0) > 0]
     if not sel:
         fits.notes.append("compute_frontier: no finished run records FLOPs; not drawn")
-        return []
+        return None
     fig, ax = plt.subplots(figsize=(6, 4.2))
     flops, y = np.array([p["flops"] for p in sel]), np.array([p[fits.y] for p in sel])
     sizes = list(dict.fromkeys(p["size"] for p in sel))
@@ -305,7 +339,8 @@ def _frontier_panel(plt, points, fits: SweepFits, out: Path) -> list[Path]:
     ax.plot(flops[mask][order], y[mask][order], "k-", lw=1, label="frontier")
     if fits.frontier is not None:
         xs = _grid(flops[mask])
-        _draw(ax, xs, *curve(fits.frontier, {"x": xs}), "k", style=":")
+        _draw(ax, xs, *curve(fits.frontier, {"x": xs}), "k", style=":",
+              label=f"power fit, alpha = {_interval(fits.frontier, 'alpha')}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training FLOPs")
@@ -313,9 +348,8 @@ def _frontier_panel(plt, points, fits: SweepFits, out: Path) -> list[Path]:
     ax.set_title("compute frontier", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.25)
-    paths = _save(fig, out, "compute_frontier")
-    plt.close(fig)
-    return paths
+    _readable_log_axes(ax)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------------ tables
@@ -381,10 +415,15 @@ def make_figures(sweep_dir, out, *, y: str = "val_loss", form: str = "auto", boo
     fits = fit_sweep(rows, y=y, form=form, bootstrap=bootstrap, seed=seed)
     points = finished(rows, y)
     out.mkdir(parents=True, exist_ok=True)
-    figures = _loss_panel(plt, points, fits, along="D", group="size", out=out, stem="loss_vs_data")
-    figures += _loss_panel(plt, points, fits, along="N", group="D", out=out, stem="loss_vs_params")
-    figures += _metrics_panel(plt, points, fits, out)
-    figures += _frontier_panel(plt, points, fits, out)
+    drawn = {"loss_vs_data": loss_figure(plt, points, fits, along="D", group="size"),
+             "loss_vs_params": loss_figure(plt, points, fits, along="N", group="D"),
+             "metrics_vs_params": metrics_figure(plt, points, fits),
+             "compute_frontier": frontier_figure(plt, points, fits)}
+    figures = []
+    for stem, fig in drawn.items():
+        if fig is not None:
+            figures += _save(fig, out, stem)
+            plt.close(fig)
     text = [f"# Scaling results: {sweep_dir}", "",
             f"{len(rows)} runs, {sum(r['status'] == 'finished' for r in rows)} finished; fits use the {len(points)} "
             f"finished runs with {y}, with {bootstrap} bootstrap resamples (95% percentile intervals in brackets).", "",
