@@ -6,6 +6,7 @@ inside `run` so that `omnimouse --help` stays fast. A command whose module is ab
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import os
@@ -65,6 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HELP_WIDTH = 100  # docs/cli.md is rendered at this width, not the terminal's, so it is the same on every machine
+
+
+def help_markdown() -> str:
+    """docs/cli.md: every command's --help, in the order `omnimouse --help` lists them. Regenerate it with
+    `python -m omnimouse_jax.cli --markdown > docs/cli.md`; tests/test_cli.py fails while it differs."""
+    sections = []
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        parser.formatter_class = functools.partial(argparse.HelpFormatter, width=HELP_WIDTH)
+        sections.append(f"## `{parser.prog}`\n\n```\n{parser.format_help().rstrip()}\n```")
+        for action in parser._actions:  # argparse exposes subcommands only through its private action class
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    head = ("# Command reference\n\nGenerated from the parsers by `python -m omnimouse_jax.cli --markdown > docs/cli.md`; "
+            "do not edit by hand (tests/test_cli.py checks that it is current).")
+    return "\n\n".join([head, *sections]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     # SIGINT and SIGTERM are honoured from here on, through imports and compiling (omnimouse_jax/interrupts.py).
     with interrupts.handled():
@@ -119,4 +142,7 @@ def dispatch(module: str, args: argparse.Namespace, debug: bool = False) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        print(help_markdown(), end="")
+        sys.exit(0)
     sys.exit(main())

@@ -112,3 +112,29 @@ def test_evaluate_refuses_an_unwritable_out_before_any_work(tmp_path, capsys):
             f"omnimouse: error: --out {locked / 'eval.json'}: {locked} is not writable"]
     finally:
         locked.chmod(0o700)
+
+
+def test_cli_reference_is_the_parsers_help():
+    """docs/cli.md is generated; a parser changed without regenerating it fails here."""
+    committed = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    assert cli.help_markdown() == committed, "stale: run python -m omnimouse_jax.cli --markdown > docs/cli.md"
+    for group, name in cli.COMMANDS:
+        assert f"## `omnimouse {group + ' ' if group else ''}{name}`" in committed
+    proc = subprocess.run([sys.executable, "-m", "omnimouse_jax.cli", "--markdown"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "37"})  # the terminal's width must not matter
+    assert proc.returncode == 0 and proc.stdout == committed
+
+
+def test_cli_reference_changes_with_a_parser(monkeypatch):
+    from omnimouse_jax.scaling import fit_command
+
+    before = cli.help_markdown()
+    original = fit_command.add_arguments
+
+    def with_one_more(parser):
+        original(parser)
+        parser.add_argument("--new-flag", help="a flag added without regenerating docs/cli.md")
+
+    monkeypatch.setattr(fit_command, "add_arguments", with_one_more)
+    after = cli.help_markdown()
+    assert after != before and "--new-flag" in after and "--new-flag" not in before

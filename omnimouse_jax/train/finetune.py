@@ -41,7 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sessions", required=True, help="comma-separated names of the new sessions in --data")
     parser.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it has a checkpoint)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="finetune config file[:arg] with the stage settings (default: %(default)s)")
+                        help="finetune config file[:arg] with the stage settings (default: the repository's "
+                             "experiments/configs/finetune.py)")
 
 
 def run(args) -> int:
