@@ -1,6 +1,7 @@
 """`omnimouse evaluate`: one evaluation of a briefly trained `test` model on digital mice, checked against numpy
 recomputations from its saved predictions and the store; the parquet layout; the one-line errors."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -330,3 +331,20 @@ def test_eval_windows_carry_true_rates_scaled_like_responses(store):
     with pytest.raises(UserError, match="no per-neuron extra field 'nope'"):
         pipeline.EvalWindows(s, layout, block=T, max_neurons=MAX_NEURONS, global_batch=4, seed=0, tier="test",
                              extra_fields=("nope",))
+
+
+def test_progress_line_extrapolates_the_batches_after_the_first():
+    # 4 of 10 batches: the 3 after the first took 6 s, so 6 more take 12 s.
+    assert R.progress_line(4, 10, elapsed_s=26.0, since_first_s=6.0) == "  4/10 batches, 26 s elapsed, about 12 s left"
+    assert R.progress_line(10, 10, elapsed_s=40.0, since_first_s=18.0).endswith("about 0 s left")
+
+
+def test_evaluation_reports_its_first_and_last_batch(workdir):
+    lines = []
+    R.evaluate_workdir(workdir, regimes="video_only", baselines=(), options=R.EvalOptions(max_batches=3, ablation=False),
+                       log=lines.append)
+    k = int(next(re.search(r" on (\d+) of \d+ batches", line) for line in lines if line.startswith("evaluating"))[1])
+    progress = [line for line in lines if re.match(r"  \d+/\d+ batches", line)]
+    assert re.fullmatch(rf"  1/{k} batches in \d+ s \(compiling included\)", progress[0])
+    assert k > 1, "the fixture's test split must span several batches for this test"
+    assert re.fullmatch(rf"  {k}/{k} batches, \d+ s elapsed, about 0 s left", progress[-1])

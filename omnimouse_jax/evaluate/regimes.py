@@ -86,6 +86,8 @@ ABLATION_DONORS = ("each example takes the input of the same-rank example of the
                    "batches away, or the next one there from another trial, else from another window")
 CEILING_FIELD = "true_rates"
 SUBMISSION_PRESET = "video_behavior"  # the Sensorium task: responses from the video and behavior
+# Seconds between evaluation progress lines (the first and the last batch are always reported).
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -729,6 +731,7 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
                                          batches=[chosen[(j + len(chosen) // 2) % len(chosen)]
                                                   for j in range(len(chosen))]))
               if ablating else None)
+    start = last_log = first_done = time.monotonic()
     for done, host in enumerate(pipeline.eval_dataset(windows, num_threads=options.num_threads, batches=chosen)):
         fitted.start_batch()
         pending = {}  # every prediction starts before any is awaited
@@ -760,12 +763,24 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
                 recorders[p].update(predictions, host, masks)
             if submission is not None and p == SUBMISSION_PRESET:
                 submission.update(predictions, host, masks)
-        if (done + 1) % 10 == 0:
-            log(f"  {done + 1}/{len(chosen)} batches")
+        now = time.monotonic()
+        if done == 0:
+            first_done = last_log = now
+            log(f"  1/{len(chosen)} batches in {now - start:.0f} s (compiling included)")
+        elif done + 1 == len(chosen) or now - last_log >= PROGRESS_EVERY_S:
+            log(progress_line(done + 1, len(chosen), now - start, now - first_done))
+            last_log = now
     for p, recorder in recorders.items():
         recorder.save(output_dir / "predictions" / f"{p}.npz")
     return {p: {name: with_gaze(metrics.result()) for name, metrics in by_name.items()}
             for p, by_name in suites.items()}
+
+
+def progress_line(done: int, total: int, elapsed_s: float, since_first_s: float) -> str:
+    """Evaluation progress after `done` of `total` batches; the time left extrapolates the batches after the first,
+    whose time includes compiling every regime's prediction."""
+    left = since_first_s / max(done - 1, 1) * (total - done)
+    return f"  {done}/{total} batches, {elapsed_s:.0f} s elapsed, about {left:.0f} s left"
 
 
 def _regime_entry(scores: dict[str, dict]) -> dict:
