@@ -513,8 +513,8 @@ def test_population_readout_couples_each_target_to_the_visible_population():
 
 def test_history_readout_adds_filtered_own_and_population_history_of_earlier_visible_samples():
     """The history readout against a loop reference: for each neuron and sample t, the exponentially weighted sums
-    over visible samples s < t of its own deviation (response - offset) and of the population's mean deviation, at
-    each timescale, weighted by bias + kernel . embedding, added to the logits (through the Softplus(beta) head);
+    over visible samples s < t of its own deviation (response - offset) and of the population's mean deviation
+    (times sqrt(max_neurons)), at each timescale (weights sqrt(1 - r^2) r^lag), weighted by bias + kernel . embedding, added to the logits (through the Softplus(beta) head);
     a hidden response and a response at or after t change nothing."""
     from omnimouse_jax.model.omnimouse import HISTORY_TIMESCALES_S
 
@@ -539,14 +539,14 @@ def test_history_readout_adds_filtered_own_and_population_history_of_earlier_vis
     offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
     visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
     deviation = np.where(visible, batch["responses"] - offsets[:, None], 0.0)
-    population = deviation.sum(-1) / np.maximum(visible.sum(-1), 1)
+    population = deviation.sum(-1) / np.maximum(visible.sum(-1), 1) * np.sqrt(cfg.max_neurons)
     k = len(HISTORY_TIMESCALES_S)
     logits = np.zeros(batch["responses"].shape)
     for j, tau in enumerate(HISTORY_TIMESCALES_S):
         r = np.exp(-1 / (tau * cfg.sampling_rate_hz))
         for t in range(T):
             for s in range(t):
-                w = (1 - r) * r ** (t - s - 1)
+                w = np.sqrt(1 - r * r) * r ** (t - s - 1)
                 logits[:, t] += w * (deviation[:, s] * weights[:, :, j] + population[:, s, None] * weights[:, :, k + j])
 
     def rates(m, responses):

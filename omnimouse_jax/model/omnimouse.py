@@ -106,11 +106,14 @@ HISTORY_TIMESCALES_S = (0.1, 0.3, 1.0, 3.0)
 
 
 def history_filters(num_samples: int, sampling_rate_hz: float) -> np.ndarray:
-    """(K, T, T) causal exponential filters: [k, t, s] = (1 - r_k) r_k^(t - s - 1) for s < t, else 0, with
-    r_k = exp(-1 / (timescale_k x rate)); row t averages the samples strictly before t."""
+    """(K, T, T) causal exponential filters: [k, t, s] = sqrt(1 - r_k^2) r_k^(t - s - 1) for s < t, else 0, with
+    r_k = exp(-1 / (timescale_k x rate)): row t weighs the samples strictly before t, scaled so that unit-variance
+    white noise comes out at unit variance at every timescale (an average, (1 - r) r^lag, would shrink the 3-s
+    trace 13x at 30 Hz and put the weight it needs out of reach of Adam's lr-sized steps)."""
     lag_TxT = np.arange(num_samples)[:, None] - np.arange(num_samples)[None, :]
     decay_K = np.exp(-1.0 / (np.asarray(HISTORY_TIMESCALES_S) * sampling_rate_hz))[:, None, None]
-    return np.where(lag_TxT >= 1, (1 - decay_K) * decay_K ** np.maximum(lag_TxT - 1, 0), 0.0).astype(np.float32)
+    return np.where(lag_TxT >= 1, np.sqrt(1 - decay_K ** 2) * decay_K ** np.maximum(lag_TxT - 1, 0),
+                    0.0).astype(np.float32)
 
 
 def check_model_config(cfg: ml_collections.ConfigDict) -> None:
@@ -629,11 +632,12 @@ class OmniMouse(nnx.Module):
     def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
         """(B, N, T) logits of the history readout: sum over timescales k of w_k(neuron) x own_k(t) and
         v_k(neuron) x population_k(t), the filtered visible deviations (response - offset) of the neuron and the
-        mean over visible neurons, from samples before t only."""
+        mean over visible neurons, from samples before t only. The mean is scaled by sqrt(max_neurons), as in
+        `_population_state`, so that both traces are of unit scale and their weights of order one."""
         deviation_BxTxN = jnp.where(visible_BxTxN, responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None],
                                     0.0)
         count_BxT = jnp.maximum(visible_BxTxN.sum(-1), 1).astype(jnp.float32)
-        population_BxT = deviation_BxTxN.sum(-1) / count_BxT
+        population_BxT = deviation_BxTxN.sum(-1) / count_BxT * np.sqrt(self.config.max_neurons)
         filters_KxTxT = history_filters(self.config.num_samples, self.config.sampling_rate_hz)
         own_BxKxTxN = jnp.einsum("kts,bsn->bktn", filters_KxTxT, deviation_BxTxN)
         population_BxKxT = jnp.einsum("kts,bs->bkt", filters_KxTxT, population_BxT)
