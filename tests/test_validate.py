@@ -58,13 +58,26 @@ def test_bit_flipped_zarr_json_is_caught(store, capsys):
         open_store(store).session("s1")
 
 
+def _first_shard(array_dir):
+    return sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())[0]
+
+
 def test_truncated_shard_is_caught(store, capsys):
-    shard = next((store / "s2" / "video" / "c").rglob("*"))
-    while shard.is_dir():
-        shard = next(shard.iterdir())
+    shard = _first_shard(store / "s2" / "video")
     shard.write_bytes(shard.read_bytes()[:-100])
     code, out = _check(store, capsys)
-    assert code == 2 and f"{store / 's2' / 'video'}: unreadable samples" in out
+    assert code == 2 and f"{shard}: unreadable samples" in out
+
+
+@pytest.mark.parametrize("field", ["video", "responses"])
+def test_flipped_bytes_inside_a_shard_are_caught_naming_the_file(store, capsys, field):
+    # A flipped pixel or response is a valid value: only a checksum over the chunk's bytes can tell.
+    shard = _first_shard(store / "s1" / field)
+    raw = bytearray(shard.read_bytes())
+    raw[7] ^= 0x10  # inside the first chunk: chunks come first, the shard index last
+    shard.write_bytes(bytes(raw))
+    code, out = _check(store, capsys)
+    assert code == 2 and f"{shard}: unreadable samples" in out, out
 
 
 def test_nan_in_train_responses_is_caught(store, capsys):
