@@ -136,6 +136,8 @@ def test_bad_input_exits_2_naming_the_file(tmp_path, capsys, case):
     if (tmp_path / "store").exists():
         assert open_store(tmp_path / "store").sessions == []
         assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == []
+        assert cli.main(["data", "check", str(tmp_path / "store")]) == 2  # an empty store is not a sound one
+        assert "lists no session" in capsys.readouterr().out
 
 
 def test_source_not_found_exits_2(tmp_path, capsys):
@@ -180,8 +182,10 @@ def test_killed_import_leaves_no_session_and_rerun_completes(tmp_path, capsys, p
     proc = subprocess.run([sys.executable, "-c", _KILLER, point, NAME, *argv], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert NAME not in open_store(out).sessions
-    # A directory left complete but uncatalogued is reported by check; hidden temporaries are only noted.
-    assert cli.main(["data", "check", str(out)]) == (2 if point == "catalog" else 0)
+    # The store holds no session (check fails, naming an uncatalogued directory where one was left complete);
+    # hidden temporaries are only noted.
+    assert cli.main(["data", "check", str(out)]) == 2
+    assert ("directory not listed in catalog.json" in capsys.readouterr().out) == (point == "catalog")
     assert _import(folder, "--out", out) == 0
     _assert_matches_source(open_store(out).session(NAME), arrays, stimulus_only=(3,))
     assert set(os.listdir(out)) == {".catalog.lock", NAME, "catalog.json"}

@@ -131,6 +131,9 @@ def check_store(path) -> tuple[list[str], list[str]]:
               and child.name not in catalog["sessions"]):
             problems.append(f"{child}: directory not listed in catalog.json (an interrupted write?); re-run the "
                             "import to replace it, or delete it")
+    if not catalog["sessions"]:
+        problems.append(f"{root / 'catalog.json'}: lists no session (an import that failed or was interrupted leaves "
+                        "an empty store); import a session into it first")
     for name, entry in sorted(catalog["sessions"].items()):
         problems += check_session(root, name, entry if isinstance(entry, dict) else {})
     return problems, notes
