@@ -343,6 +343,10 @@ def test_evaluation_reports_its_first_and_last_batch(workdir):
     lines = []
     R.evaluate_workdir(workdir, regimes="video_only", baselines=(), options=R.EvalOptions(max_batches=3, ablation=False),
                        log=lines.append)
+    from omnimouse_jax.train.checkpoint import Checkpointer
+
+    newest = Checkpointer(workdir / "checkpoints", use_async=False).latest_step()
+    assert f"scoring the checkpoint of step {newest} ({workdir / 'checkpoints' / str(newest)})" in lines
     k = int(next(re.search(r" on (\d+) of \d+ batches", line) for line in lines if line.startswith("evaluating"))[1])
     progress = [line for line in lines if re.match(r"  \d+/\d+ batches", line)]
     assert re.fullmatch(rf"  1/{k} batches in \d+ s \(compiling included\)", progress[0])

@@ -636,6 +636,7 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
         jax.config.update("jax_compilation_cache_dir", str(workdir / "compile_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     trained = load_trained(workdir, step=step)
+    log(f"scoring the checkpoint of step {trained.step} ({workdir / 'checkpoints' / str(trained.step)})")
     stride = eval_stride(presets, T)
     windows = pipeline.EvalWindows(store, layout, block=T, max_neurons=max_neurons, global_batch=batch_size,
                                    seed=int(config.seed), tier=split, stride=stride,
