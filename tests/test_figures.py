@@ -197,3 +197,47 @@ def test_scores_through_too_few_sizes_get_the_log_linear_trend_with_its_band(tmp
     assert any(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
     assert fig.axes[0].get_title() == "Neural prediction (loglinear)"
     plt.close(fig)
+
+
+def test_scores_against_data_per_size_get_log_linear_fits_bands_and_a_figure(tmp_path):
+    """The paper's data-scaling figure: every regime's score against D, per model size, with the fitted trend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    rng = np.random.default_rng(3)
+    truth = {("s", "neural_prediction"): (0.05, 0.03), ("l", "neural_prediction"): (0.02, 0.05),
+             ("s", "forecast"): (0.10, 0.01), ("l", "forecast"): (0.08, 0.02)}  # (intercept, slope per decade)
+    rows = []
+    for size in ("s", "l"):
+        for d in DATA:
+            for seed in (0, 1):
+                row = {"name": f"{size}-{d:g}-s{seed}", "size": size, "status": "finished", "N": SIZES[size], "D": d,
+                       "val_loss": _law(SIZES[size], d)}
+                for column in ("neural_prediction", "forecast"):
+                    a, b = truth[(size, column)]
+                    row[column] = a + b * np.log10(d) + 0.002 * rng.standard_normal()
+                rows.append(row)
+    fits = figures.fit_sweep(rows, bootstrap=50)
+    for (size, column), _ in truth.items():
+        sel = [r for r in rows if r["size"] == size]
+        slope, intercept = np.polyfit(np.log10([r["D"] for r in sel]), [r[column] for r in sel], 1)
+        fit = fits.metrics_by_size[(column, size)]
+        assert fit.params["slope"] == pytest.approx(slope, rel=1e-9) and "slope" in fit.intervals
+        assert fit.params["intercept"] == pytest.approx(intercept, rel=1e-9)
+    fig = figures.metrics_vs_data_figure(plt, figures.finished(rows, "val_loss"), fits)
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["Neural prediction", "Forecast"] or titles == ["Forecast", "Neural prediction"]
+    for ax in fig.axes[:2]:
+        assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2  # a band per size
+        assert ax.get_ylabel() == "single-trial correlation" or ax is not fig.axes[0]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["s", "l"]
+    plt.close(fig)
+    _write_runs(tmp_path / "runs.csv", rows)
+    made = figures.make_figures(tmp_path, tmp_path / "out", bootstrap=20)
+    assert (tmp_path / "out" / "metrics_vs_data.png").stat().st_size > 1000
+    assert "Neural prediction vs D, size s (loglinear)" in made["table"].read_text()
+
+
+def test_no_scores_at_several_data_sizes_draw_no_data_figure(made):
+    assert not any(p.stem == "metrics_vs_data" for p in made["figures"])
+    assert any(note.startswith("metrics_vs_data: no model size") for note in made["fits"].notes)

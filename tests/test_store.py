@@ -8,6 +8,7 @@ import pytest
 from omnimouse_jax.data import store
 from omnimouse_jax.data.store import SessionWriter, open_store
 from omnimouse_jax.errors import UserError
+from store_fixtures import write_session
 
 N, FRAME, CHANNELS = 7, (4, 5), ["a", "b", "c"]
 
@@ -143,3 +144,24 @@ def test_open_store_errors_name_the_path(tmp_path):
     _write(tmp_path, _trials()[:1])
     with pytest.raises(UserError, match="no session 'x'"):
         open_store(tmp_path).session("x")
+
+
+def test_session_shares_are_nested_and_follow_the_hashed_order(tmp_path):
+    import hashlib
+
+    from omnimouse_jax.data.layout import SessionLayout
+
+    names = ["m1-a", "m1-b", "m2-a", "m3-a", "m3-b"]
+    for k, name in enumerate(names):
+        write_session(tmp_path / "store", name, lengths=(70,), tiers=("train",), seed=k)
+    store = open_store(tmp_path / "store")
+    by_hash = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    shares = {f: SessionLayout.from_store(store, f"share:{f}").names for f in (0.2, 0.5, 0.8, 1.0)}
+    # 5 sessions: 1, 2.5 -> 3 (half up), 4 and 5 of them
+    assert {f: len(v) for f, v in shares.items()} == {0.2: 1, 0.5: 3, 0.8: 4, 1.0: 5}
+    for f, chosen in shares.items():
+        assert list(chosen) == by_hash[:len(chosen)]
+    assert set(shares[1.0]) == set(store.sessions)
+    for bad in ("share:0", "share:1.5", "share:half"):
+        with pytest.raises(UserError, match=f"config.data.sessions='{bad}': expected share:F with 0 < F <= 1"):
+            SessionLayout.from_store(store, bad)

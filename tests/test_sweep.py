@@ -137,6 +137,21 @@ def test_print_lists_unfinished_runs_as_valid_shell(swept, sweep_file, store, tm
     assert not any(sweep.is_finished(r, False) for r in more.runs)
 
 
+def test_paper_data_sessions_prints_every_size_at_every_nested_share(store, tmp_path, capsys):
+    spec = os.path.join(ROOT, "experiments/sweeps/paper_data_sessions.py")
+    assert cli.main(["sweep", "--config", spec, "--workdir", str(tmp_path / "S"), f"--config.data.root={store}",
+                     "--launcher", "print"]) == 0
+    lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    grid = {(args[args.index("--config") + 1].rpartition(":size=")[2],
+             next(a for a in args if a.startswith("--config.data.sessions=")).partition("=")[2]) for args in lines}
+    assert grid == {(size, f"share:{share}") for size in ("1M", "5M", "20M", "80M", "300M")
+                    for share in ("0.125", "0.25", "0.5", "1")}
+    # The shares select nested session sets (2 sessions here: 1, 1, 1 and 2 of them), so D grows with the share.
+    runs = sweep.load_sweep(spec + ":sizes=1M", tmp_path / "S", [("data.root", str(store))]).runs
+    tokens = [sweep.data_tokens(run.load_config())["D"] for run in runs]
+    assert tokens[0] == tokens[1] == tokens[2] < tokens[3]
+
+
 def test_sweep_wide_override_typo_fails_before_running(sweep_file, store, tmp_path):
     with pytest.raises(UserError, match="train.step: no such config key; did you mean train.steps"):
         sweep.load_sweep(sweep_file, tmp_path, [("train.step", "3")])
@@ -154,6 +169,28 @@ def test_eval_json_fills_the_regime_columns(swept, sweep_file, store):
     assert rows["d16-f1"]["status"] == "unfinished"  # trained but not evaluated
     (workdir / "runs" / "d32-f1" / "eval.json").unlink()
     sweep.collect(loaded)  # runs.csv as the sweep itself left it, for the tests that follow
+
+
+def test_score_vs_data_figure_of_the_micro_sweep(swept, sweep_file, store, tmp_path):
+    """The 2 x 2 sweep with regime scores (eval.json as `evaluate` writes its table) draws every regime against D."""
+    workdir, _ = swept
+    loaded = sweep.load_sweep(sweep_file, workdir, [("data.root", str(store))])
+    names = ("d16-f0.5", "d16-f1", "d32-f0.5", "d32-f1")
+    for k, name in enumerate(names):
+        table = {"Forecast": {"model": 0.1 + 0.01 * k}, "Neural prediction": {"model": 0.2 + 0.02 * k}}
+        (workdir / "runs" / name / "eval.json").write_text(json.dumps({"regimes": {}, "table": table, "columns": {}}))
+    try:
+        rows = {r["name"]: r for r in sweep.collect(dataclasses.replace(loaded, evaluate=True))}
+        assert all(rows[name]["status"] == "finished" for name in names)
+        made = figures.make_figures(workdir, tmp_path, bootstrap=10)
+        for fmt in figures.FORMATS:
+            assert (tmp_path / f"metrics_vs_data.{fmt}").stat().st_size > 1000
+        # Two data sizes per model size: the points are drawn, the 2-parameter trend needs a third.
+        assert any("log-linear fit of forecast in D for size d16" in note for note in made["fits"].notes)
+    finally:
+        for name in names:
+            (workdir / "runs" / name / "eval.json").unlink()
+        sweep.collect(loaded)  # runs.csv as the sweep itself left it, for the tests that follow
 
 
 def test_figures_of_the_micro_sweep(swept, tmp_path):

@@ -130,7 +130,8 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.size = size
     config.seed = 0
     config.model = model
-    # sessions: "all" or a list of names; fraction: the first share of each session's train trials (nested subsets).
+    # sessions: "all", a list of names or "share:F" (a nested share of the sessions, data/layout.py); fraction: the
+    # first share of each session's train trials (nested subsets).
     config.data = ml_collections.ConfigDict(dict(
         root="data/store", sessions="all", fraction=1.0, weighting="proportional", num_threads=4, prefetch=8))
     config.train = ml_collections.ConfigDict(dict(

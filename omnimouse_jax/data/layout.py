@@ -6,8 +6,32 @@ that a restored model reads the same rows, and fine-tuning appends new sessions 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from omnimouse_jax.errors import UserError
+
+
+SHARE_PREFIX = "share:"
+
+
+def session_order(names) -> list[str]:
+    """The store's sessions in a fixed pseudo-random order (by the sha256 of each name): independent of the store's
+    listing and of which other sessions it holds, so adding sessions to a store keeps every share nested."""
+    return sorted(names, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+
+
+def session_share(names, spec: str) -> list[str]:
+    """config.data.sessions = "share:F" (0 < F <= 1): the first max(1, F x sessions rounded half up) sessions of
+    `session_order`, so a smaller share is always part of a larger one (the paper's data scaling adds sessions)."""
+    text = spec[len(SHARE_PREFIX):]
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share <= 1:
+        raise UserError(f"config.data.sessions={spec!r}: expected share:F with 0 < F <= 1, e.g. share:0.25")
+    ordered = session_order(names)
+    return ordered[:max(1, int(share * len(ordered) + 0.5))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +48,10 @@ class SessionLayout:
 
     @classmethod
     def from_store(cls, store, names=None) -> "SessionLayout":
-        """The layout of `names` (default: every session of the store, in the store's order)."""
+        """The layout of `names`: a list of session names, "all" (the default: every session, in the store's order)
+        or "share:F" (`session_share`)."""
+        if isinstance(names, str) and names.startswith(SHARE_PREFIX):
+            names = session_share(store.sessions, names)
         names = list(store.sessions if names in (None, "all") else names)
         missing = [n for n in names if n not in store.sessions]
         if missing:

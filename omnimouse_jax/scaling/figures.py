@@ -78,6 +78,7 @@ class SweepFits:
     by_size: dict = dataclasses.field(default_factory=dict)  # size -> power fit of y on D
     by_data: dict = dataclasses.field(default_factory=dict)  # D -> power fit of y on N
     metrics: dict = dataclasses.field(default_factory=dict)  # metric column -> bounded/loglinear fit on N
+    metrics_by_size: dict = dataclasses.field(default_factory=dict)  # (metric column, size) -> loglinear fit on D
     frontier: object | None = None  # power fit of y on FLOPs over the compute-frontier runs
     notes: list = dataclasses.field(default_factory=list)
 
@@ -86,6 +87,7 @@ class SweepFits:
                 "by_size": {k: v.to_json() for k, v in self.by_size.items()},
                 "by_data": {f"{k:g}": v.to_json() for k, v in self.by_data.items()},
                 "metrics": {k: v.to_json() for k, v in self.metrics.items()},
+                "metrics_vs_data": {f"{c} @ {size}": v.to_json() for (c, size), v in self.metrics_by_size.items()},
                 "frontier": self.frontier.to_json() if self.frontier else None, "notes": self.notes}
 
 
@@ -159,6 +161,16 @@ def fit_sweep(rows: list[dict], *, y: str = "val_loss", form: str = "auto", boot
                 result = trend
         if result is not None:
             fits.metrics[column] = result
+    for column in METRIC_COLUMNS.values():  # every regime's score against data, per model size
+        for size in dict.fromkeys(p["size"] for p in points):
+            scored = [p for p in points if p["size"] == size and p.get(column) is not None]
+            if len({p["D"] for p in scored}) < 2:
+                continue
+            result = _fit(np.array([p["D"] for p in scored]), np.array([p[column] for p in scored]), "loglinear",
+                          f"log-linear fit of {column} in D for size {size}", strict=False, x_names=("D",),
+                          **{**kw, "y_name": column})
+            if result is not None:
+                fits.metrics_by_size[(column, size)] = result
     flops = np.array([p.get("flops") or np.nan for p in points])
     ok = np.isfinite(flops) & (flops > 0)
     if ok.any():
@@ -321,6 +333,45 @@ def metrics_figure(plt, points, fits: SweepFits):
     return fig
 
 
+def metrics_vs_data_figure(plt, points, fits: SweepFits):
+    """Each regime's score against D, one colour per model size, with its log-linear fit and 95% band (the paper's
+    data-scaling figure); None (and a note) unless some size has scores at two or more data sizes."""
+    sizes = list(dict.fromkeys(p["size"] for p in points))
+    columns = [c for c in METRIC_COLUMNS.values()
+               if any(len({p["D"] for p in points if p["size"] == s and p.get(c) is not None}) > 1 for s in sizes)]
+    if not columns:
+        fits.notes.append("metrics_vs_data: no model size has evaluation metrics at two or more data sizes; not drawn")
+        return None
+    cols = min(4, len(columns))
+    rows = math.ceil(len(columns) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0.1, 0.9, max(len(sizes), 1)))
+    for ax, column in zip(axes.flat, columns):
+        for size, color in zip(sizes, colors):
+            sel = [p for p in points if p["size"] == size and p.get(column) is not None]
+            if not sel:
+                continue
+            xd = np.array([p["D"] for p in sel])
+            ax.scatter(xd, [p[column] for p in sel], color=color, s=20, zorder=3, label=size)
+            result = fits.metrics_by_size.get((column, size))
+            if result is not None:
+                xs = _grid(xd)
+                _draw(ax, xs, *curve(result, {"x": xs}), color)
+        ax.set_xscale("log")
+        ax.set_title(METRIC_TITLES[column], fontsize=9)
+        ax.set_xlabel("unique training tokens D", fontsize=8)
+        ax.grid(True, which="both", alpha=0.25)
+        _readable_log_axes(ax)
+    for row in axes:
+        row[0].set_ylabel("single-trial correlation", fontsize=8)
+    axes.flat[0].legend(fontsize=7, title="size", title_fontsize=7)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.suptitle("evaluation metrics vs data, per model size (log-linear fits, 95% bands)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def frontier_figure(plt, points, fits: SweepFits):
     """Loss against training FLOPs, the frontier joined up and its power fit; None (and a note) without FLOPs."""
     sel = [p for p in points if (p.get("flops") or 0) > 0]
@@ -392,6 +443,8 @@ def _fit_lines(fits: SweepFits) -> list[str]:
         lines.append(line(f"D = {d:.4g}, {fits.y} = E + A N^-alpha", r, ("E", "A", "alpha")))
     for column, r in fits.metrics.items():
         lines.append(line(f"{METRIC_TITLES[column]} vs N ({r.form})", r, tuple(r.params)))
+    for (column, size), r in fits.metrics_by_size.items():
+        lines.append(line(f"{METRIC_TITLES[column]} vs D, size {size} ({r.form})", r, tuple(r.params)))
     if fits.frontier is not None:
         lines.append(line(f"compute frontier, {fits.y} = E + A C^-alpha", fits.frontier, ("E", "A", "alpha")))
     lines += [f"- skipped: {note}" for note in fits.notes]
@@ -418,6 +471,7 @@ def make_figures(sweep_dir, out, *, y: str = "val_loss", form: str = "auto", boo
     drawn = {"loss_vs_data": loss_figure(plt, points, fits, along="D", group="size"),
              "loss_vs_params": loss_figure(plt, points, fits, along="N", group="D"),
              "metrics_vs_params": metrics_figure(plt, points, fits),
+             "metrics_vs_data": metrics_vs_data_figure(plt, points, fits),
              "compute_frontier": frontier_figure(plt, points, fits)}
     figures = []
     for stem, fig in drawn.items():
