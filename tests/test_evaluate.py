@@ -352,3 +352,74 @@ def test_evaluation_reports_its_first_and_last_batch(workdir):
     assert re.fullmatch(rf"  1/{k} batches in \d+ s \(compiling included\)", progress[0])
     assert k > 1, "the fixture's test split must span several batches for this test"
     assert re.fullmatch(rf"  {k}/{k} batches, \d+ s elapsed, about 0 s left", progress[-1])
+
+
+class _ElementwisePredictor:
+    """A stand-in model whose rates are a fixed function of each element's response and position, so that any
+    batching of the same samples scores the same: the per-tier scores of one call can be checked against calls that
+    evaluate each tier alone."""
+
+    def __init__(self, T):
+        self.T = T
+
+    def device_batch(self, host):
+        return host
+
+    def dispatch(self, batch, preset):
+        return batch, preset
+
+    def fetch(self, result):
+        batch, preset = result
+        masks = masking.make_masks(masking.strategy_arrays(masking.PRESETS[preset]), batch["neuron_mask"], self.T)
+        position = np.asarray(batch["trial_offset"])[:, None, None] + np.arange(self.T)[None, :, None]
+        rates = np.asarray(batch["responses"], np.float64) ** 2 + np.sin(position)
+        behavior = np.zeros(np.asarray(batch["behavior"]).shape)
+        return {"rates": rates, "behavior": behavior}, masking.Masks(*map(np.asarray, masks))
+
+
+def test_a_split_of_several_tiers_keeps_each_tiers_scores(tmp_path):
+    from sensorium_fixtures import make_session
+
+    folder, _ = make_session(tmp_path / "src", tiers=("train", "final_test", "final_test_1", "final_test_2"),
+                             lengths=(70, 64, 90, 75), nan_responses=())
+    from omnimouse_jax import cli
+
+    assert cli.main(["data", "import-sensorium", str(folder), "--out", str(tmp_path / "store")]) == 0
+    store = open_store(tmp_path / "store")
+    layout = SessionLayout.from_store(store)
+    T = 60
+
+    def score(split):
+        windows = pipeline.EvalWindows(store, layout, block=T, max_neurons=16, global_batch=4, seed=0, tier=split)
+        fitted = R.Baselines([], store, layout, block=T, max_neurons=16, seed=0, options=R.EvalOptions(),
+                             log=lambda m: None)
+        return R._score(["video_only"], windows, range(len(windows)), _ElementwisePredictor(T), {}, fitted, False,
+                        store, split, R.EvalOptions(), recorders={}, submission=None, output_dir=tmp_path,
+                        log=lambda m: None)["video_only"]
+
+    together = score("final_test")
+    entry = R._regime_entry(together)
+    present = {str(t) for name in layout.names for t in store.session(name).trials["tier"]}
+    assert set(entry["model_by_tier"]) == present & set(pipeline.tier_names("final_test"))
+    assert len(entry["model_by_tier"]) >= 3
+    for tier, scores in entry["model_by_tier"].items():
+        if tier == "final_test":  # as a split name it means all four tiers: its share is checked by the sum below
+            continue
+        alone = score(tier)["model"]
+        assert scores["response/correlation"] == pytest.approx(alone["response/correlation"], rel=1e-9)
+        assert scores["response/n_elements"] == alone["response/n_elements"] > 0
+        assert scores["behavior/r2"] == pytest.approx(alone["behavior/r2"], rel=1e-9)
+    assert entry["model"]["response/n_elements"] == sum(s["response/n_elements"]
+                                                        for s in entry["model_by_tier"].values())
+    from omnimouse_jax.evaluate.report import markdown
+
+    result = {"table": {"Neural prediction": {"model": 0.5}}, "columns": {"Neural prediction": "video_only"},
+              "split": "final_test", "step": 1, "workdir": "w", "regimes": {"video_only": entry},
+              "presets_skipped": [], "store": "s",
+              "evaluation": {"batches": 1, "total_batches": 1, "batch_size": 4, "window_stride": 60,
+                             "train_batches": 0}}
+    section = markdown(result).split("## The model per tier of split 'final_test'")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| video_only |"))
+    tiers = sorted(entry["model_by_tier"])
+    assert row == "| video_only | response/correlation | " + " | ".join(
+        f"{entry['model_by_tier'][t]['response/correlation']:.3f}" for t in tiers) + " |"

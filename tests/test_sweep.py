@@ -146,6 +146,15 @@ def test_paper_data_sessions_prints_every_size_at_every_nested_share(store, tmp_
              next(a for a in args if a.startswith("--config.data.sessions=")).partition("=")[2]) for args in lines}
     assert grid == {(size, f"share:{share}") for size in ("1M", "5M", "20M", "80M", "300M")
                     for share in ("0.125", "0.25", "0.5", "1")}
+    # Each run is scored on the OmniMouse corpus's held-out tiers, into the eval.json the sweep collects.
+    for args in lines:
+        evaluate = args[args.index("&&") + 1:]
+        workdir = evaluate[evaluate.index("--workdir") + 1]
+        assert evaluate[evaluate.index("--split") + 1] == "final_test"
+        assert evaluate[evaluate.index("--out") + 1] == os.path.join(workdir, "eval.json")
+    assert cli.main(["sweep", "--config", spec + ":split=test,sizes=1M", "--workdir", str(tmp_path / "T"),
+                     f"--config.data.root={store}", "--launcher", "print"]) == 0
+    assert "--split" not in capsys.readouterr().out  # the test split is evaluate's default and writes eval.json
     # The shares select nested session sets (2 sessions here: 1, 1, 1 and 2 of them), so D grows with the share.
     runs = sweep.load_sweep(spec + ":sizes=1M", tmp_path / "S", [("data.root", str(store))]).runs
     tokens = [sweep.data_tokens(run.load_config())["D"] for run in runs]

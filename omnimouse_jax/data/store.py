@@ -564,13 +564,17 @@ class Session:
             out["responses"] = out["responses"][:, np.asarray(neurons)]
         return out
 
+    def row_of_source(self, i: int) -> int:
+        """The row of self.trials of the trial with source index `i`."""
+        if int(i) not in self._row_of_source:
+            raise IndexError(f"session {self.name}: no trial with source index {i}")
+        return self._row_of_source[int(i)]
+
     def trial(self, i: int) -> dict:
         """The trial with source index `i`, in original units: responses (T, N) float32 (NaN if the trial has none),
         video (T, H, W) (uint8 if stored exactly, else float32 de-quantised), behavior (T, C), pupil_center (T, 2),
         extra fields, and tier."""
-        if int(i) not in self._row_of_source:
-            raise IndexError(f"session {self.name}: no trial with source index {i}")
-        r = self._row_of_source[int(i)]
+        r = self.row_of_source(i)
         t = self.trials
         out = self.read(int(t["start"][r]), int(t["stop"][r]), fields=tuple(self._arrays))
         out["responses"] = out["responses"].astype(np.float32)

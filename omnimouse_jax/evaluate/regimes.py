@@ -85,6 +85,7 @@ ABLATED_FIELDS = {"video": ("video",), "behavior": ("behavior", "behavior_mask")
 ABLATION_DONORS = ("each example takes the input of the same-rank example of the evaluation batch half the chosen "
                    "batches away, or the next one there from another trial, else from another window")
 CEILING_FIELD = "true_rates"
+TIER_SCORES = "by_tier"  # the model's scores per tier of a multi-tier split, in eval.json as model_by_tier
 SUBMISSION_PRESET = "video_behavior"  # the Sensorium task: responses from the video and behavior
 # Seconds between evaluation progress lines (the first and the last batch are always reported).
 PROGRESS_EVERY_S = 10.0
@@ -720,6 +721,10 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
     def suite(preset):
         return MetricSuite(windows.reader.layout, forecast=preset.startswith("causal_"), trial_videos=trial_videos)
 
+    # A split of several tiers (final_test: the paper's four) also keeps the model's scores per tier.
+    tiers = pipeline.tier_names(split) if len(pipeline.tier_names(split)) > 1 else ()
+    tier_suites = {(p, tier): suite(p) for p in presets for tier in tiers}
+    seen_tiers = set()
     suites = {}
     for p in presets:
         names = ["model", *(n for n, (_, its) in specialized.items() if p in its),
@@ -745,8 +750,14 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
                 device_batch = model.device_batch(batch)
                 pending.update({("ablation", name, p): model.dispatch(device_batch, p)
                                 for p in ablation.presets_of(name)})
+        tier_B = example_tiers(windows.reader.sessions, host) if tiers else None
         for p in presets:
             predictions, masks = model.fetch(pending[("model", p)])
+            for tier in tiers:
+                of_tier = {**host, "example_mask": np.asarray(host["example_mask"], bool) & (tier_B == tier)}
+                if of_tier["example_mask"].any():
+                    tier_suites[(p, tier)].update(predictions, of_tier, masks)
+                    seen_tiers.add(tier)
             for name, metrics in suites[p].items():
                 if name == "model":
                     metrics.update(predictions, host, masks)
@@ -773,8 +784,22 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
             last_log = now
     for p, recorder in recorders.items():
         recorder.save(output_dir / "predictions" / f"{p}.npz")
-    return {p: {name: with_gaze(metrics.result()) for name, metrics in by_name.items()}
-            for p, by_name in suites.items()}
+    scores = {p: {name: with_gaze(metrics.result()) for name, metrics in by_name.items()}
+              for p, by_name in suites.items()}
+    for p in presets:  # kept where the split's trials come from more than one tier
+        by_tier = {tier: with_gaze(tier_suites[(p, tier)].result()) for tier in tiers if tier in seen_tiers}
+        if len(by_tier) > 1:
+            scores[p][TIER_SCORES] = by_tier
+    return scores
+
+
+def example_tiers(sessions, batch) -> np.ndarray:
+    """(B,) the tier of each example's trial (empty for padding examples)."""
+    tiers = np.full(len(batch["example_mask"]), "", dtype=object)
+    for b in np.flatnonzero(batch["example_mask"]):
+        session = sessions[int(batch["session_index"][b])]
+        tiers[b] = str(session.trials["tier"][session.row_of_source(int(batch["trial_index"][b]))])
+    return tiers
 
 
 def progress_line(done: int, total: int, elapsed_s: float, since_first_s: float) -> str:
@@ -788,6 +813,8 @@ def _regime_entry(scores: dict[str, dict]) -> dict:
     """One regime of eval.json from {predictor: metrics}: the model, the baselines, and the ceiling with fractions."""
     scores = dict(scores)
     entry = {"model": scores.pop("model")}
+    if TIER_SCORES in scores:
+        entry["model_by_tier"] = scores.pop(TIER_SCORES)
     truth = scores.pop("ceiling", None)
     entry["baselines"] = scores
     if truth is not None:

@@ -173,6 +173,13 @@ def markdown(result: dict) -> str:
              _markdown_table(["regime", "metric", *rows], per_regime)]
     if result["presets_skipped"]:
         parts += ["", "Skipped (do not fit this model): " + ", ".join(result["presets_skipped"]) + "."]
+    tiers = sorted({t for entry in result["regimes"].values() for t in entry.get("model_by_tier", {})})
+    if tiers:
+        by_tier = [[preset, _primary(entry["model"]) or "–",
+                    *(_cell(entry["model_by_tier"].get(t, {}).get(_primary(entry["model"]))) for t in tiers)]
+                   for preset, entry in result["regimes"].items() if "model_by_tier" in entry]
+        parts += ["", f"## The model per tier of split {result['split']!r}", "",
+                  _markdown_table(["regime", "metric", *tiers], by_tier)]
     ablation = ablation_markdown(result)
     if ablation:
         parts += ["", ablation]

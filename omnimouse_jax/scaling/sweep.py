@@ -8,6 +8,8 @@ A sweep config is a Python file whose `get_sweep(arg)` returns a dict:
   overrides  {config key: value} applied to every run (e.g. data.root, the store's path)
   evaluate   True to run `omnimouse evaluate` on each trained run (default True)
   evaluate_args  extra arguments for `omnimouse evaluate` (e.g. ["--max-batches", "8"])
+  evaluate_split the split each run is scored on (default "test"; the OmniMouse corpus: "final_test"); its scores
+             are written to the run's eval.json, which the sweep collects, whatever the split
   runs       [{name, size, config: "FILE[:ARG]", overrides: {key: value}}]; `size` labels the model size (runs of
              one size share a compiled step, so the local launcher compiles each size once before running its others)
 Overrides given on the command line (`--config.a.b=v`) apply to every run, after the config's own.
@@ -157,6 +159,9 @@ def load_sweep(spec: str, workdir, overrides=(), evaluate: bool | None = None) -
     eval_extra = doc.get("evaluate_args", [])
     if not isinstance(eval_extra, (list, tuple)) or not all(isinstance(a, str) for a in eval_extra):
         raise UserError(f"{where}: 'evaluate_args' must be a list of strings")
+    split = doc.get("evaluate_split", "test")
+    if not isinstance(split, str) or not split:
+        raise UserError(f"{where}: 'evaluate_split' must be a split name such as test or final_test")
     workdir = Path(workdir).absolute()
     runs, seen = [], set()
     for i, entry in enumerate(doc["runs"]):
@@ -172,10 +177,16 @@ def load_sweep(spec: str, workdir, overrides=(), evaluate: bool | None = None) -
         merged = {k: _text(v) for k, v in {**common, **run_overrides}.items()}
         merged.update(dict(overrides))
         runs.append(Run(name, str(entry.get("size", entry["config"].partition(":")[2] or "default")),
-                        str(entry["config"]), tuple(merged.items()), workdir / "runs" / name, tuple(eval_extra)))
+                        str(entry["config"]), tuple(merged.items()), workdir / "runs" / name,
+                        tuple(eval_extra) + _split_args(split, workdir / "runs" / name)))
     _check_sweep_overrides(runs, overrides)
     evaluate = bool(doc.get("evaluate", True)) if evaluate is None else evaluate
     return Sweep(str(doc.get("name", path.stem)), spec, workdir, tuple(runs), evaluate)
+
+
+def _split_args(split: str, run_workdir: Path) -> tuple[str, ...]:
+    """`evaluate` arguments scoring `split` into the run's eval.json (evaluate names other splits' files after them)."""
+    return () if split == "test" else ("--split", split, "--out", str(run_workdir / "eval.json"))
 
 
 def _check_sweep_overrides(runs: list[Run], overrides) -> None:
