@@ -68,10 +68,10 @@ def test_json_has_the_contract_keys_and_every_valid_preset(result):
         assert ("ridge" in entry["baselines"]) == (not preset.startswith("video_"))
         assert ("ln" in entry["baselines"]) == R.Baselines.applicable("ln", preset)
     assert res["columns"] == {c: list(v) for c, v in R.PAPER_COLUMNS.items()}
-    assert res["columns"]["Neural prediction"] == ["video_behavior", "response/correlation"]
+    assert res["columns"]["Neural prediction"] == ["video_behavior", "response/correlation_pooled"]
     assert list(res["table"]["Forecast"]) == ["model", "twin", "mean", "persistence", "ridge", "ln", "ceiling"]
     assert res["table"]["Neural prediction"]["ln"] == res["regimes"]["video_behavior"]["baselines"]["ln"][
-        "response/correlation"]
+        "response/correlation_pooled"]
     assert res["table"]["Population"]["model"] is None
     md = (out / "eval.md").read_text()
     assert "| model |" in md and "Neural prediction" in md and "population_64_response" in md
@@ -117,6 +117,15 @@ def test_no_ablation_flag(workdir, tmp_path):
     assert "Input ablation" not in out.with_suffix(".md").read_text()
 
 
+def test_out_into_a_directory_not_made_yet(workdir, tmp_path):
+    from omnimouse_jax.cli import main
+
+    out = tmp_path / "new" / "deeper" / "eval.json"
+    assert main(["evaluate", "--workdir", str(workdir), "--regimes", "video_only", "--baselines", "none",
+                 "--max-batches", "1", "--no-ablation", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["regimes"]["video_only"]["model"]["response/n_elements"] > 0
+
+
 def test_default_output_is_keyed_by_split_so_the_test_results_stay(workdir):
     """Without --out, the test split writes eval.json (what sweeps collect) and any other split eval_<split>.json."""
     from omnimouse_jax.cli import main
@@ -157,7 +166,7 @@ def test_table_gaze_and_fractions_follow_the_regime_metrics(result):
     assert behavior[R.GAZE_KEY] == pytest.approx(
         (behavior["behavior/pupil_x/correlation"] + behavior["behavior/pupil_y/correlation"]) / 2, abs=1e-12)
     entry = res["regimes"]["video_behavior"]
-    corr = "response/correlation"
+    corr = R.PAPER_COLUMNS["Neural prediction"][1]
     assert entry["fraction_of_ceiling"][corr] == pytest.approx(entry["model"][corr] / entry["ceiling"][corr])
     assert res["fraction_table"]["Neural prediction"]["model"] == pytest.approx(entry["fraction_of_ceiling"][corr])
     # The twin is the same checkpoint loaded again: its scores are the model's.

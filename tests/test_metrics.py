@@ -278,3 +278,21 @@ def test_repeated_trials_reads_the_oracle_repeats_of_a_store(tmp_path):
     assert sorted(table) == sorted(oracle.tolist())
     assert len({v for v, _ in table.values()}) == 2 and {ln for _, ln in table.values()} == {20}
     assert metrics.repeated_trials(store, layout, "test") == [{}]  # unique test clips: no repeats
+
+
+def test_pooled_correlation_weighs_neurons_by_their_scored_elements():
+    """The official population average: sum over neurons of count x correlation over the total count, a neuron with
+    constant responses contributing 0 but its count; the plain mean stays beside it."""
+    from omnimouse_jax.evaluate.metrics import PairMoments, summarize_correlation
+
+    rng = np.random.default_rng(7)
+    xa, ya = rng.normal(size=4), rng.normal(size=4)
+    xb, yb = rng.normal(size=10), rng.normal(size=10)
+    moments = PairMoments(5)
+    moments.add(np.r_[np.zeros(4, int), np.ones(10, int), np.full(3, 3)], np.r_[xa, xb, rng.normal(size=3)],
+                np.r_[ya, yb, np.full(3, 2.0)])
+    ra, rb = np.corrcoef(xa, ya)[0, 1], np.corrcoef(xb, yb)[0, 1]
+    out = summarize_correlation(moments, "r")
+    assert out["r/correlation"] == pytest.approx((ra + rb) / 2, abs=1e-12)
+    assert out["r/correlation_pooled"] == pytest.approx((4 * ra + 10 * rb) / 17, abs=1e-12)
+    assert out["r/n_neurons"] == 2 and out["r/n_excluded"] == 1

@@ -82,15 +82,19 @@ class PairMoments:
 
 
 def summarize_correlation(moments: PairMoments, prefix: str, rows: np.ndarray | None = None) -> dict[str, float]:
-    """`prefix/correlation` (mean over neurons with a defined correlation), `prefix/n_neurons`, `prefix/n_excluded`
-    (neurons with scored elements but constant responses). `rows` restricts to a subset of rows."""
+    """`prefix/correlation` (mean over neurons with a defined correlation), `prefix/correlation_pooled` (the official
+    code's population average: weighted by each neuron's count of scored elements, a neuron without a defined
+    correlation counting as 0), `prefix/n_neurons`, `prefix/n_excluded` (neurons with scored elements but constant
+    responses). `rows` restricts to a subset of rows."""
     corr, defined = moments.correlation()
-    scored = moments.n > 0
+    counts = moments.n
     if rows is not None:
-        corr, defined, scored = corr[rows], defined[rows], scored[rows]
+        corr, defined, counts = corr[rows], defined[rows], counts[rows]
+    scored = counts > 0
     out = {f"{prefix}/n_neurons": int(defined.sum()), f"{prefix}/n_excluded": int((scored & ~defined).sum())}
     if defined.any():
         out[f"{prefix}/correlation"] = float(corr[defined].mean())
+        out[f"{prefix}/correlation_pooled"] = float(np.sum(np.where(defined, corr, 0.0) * counts) / counts.sum())
     return out
 
 
