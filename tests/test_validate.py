@@ -66,7 +66,7 @@ def test_truncated_shard_is_caught(store, capsys):
     shard = _first_shard(store / "s2" / "video")
     shard.write_bytes(shard.read_bytes()[:-100])
     code, out = _check(store, capsys)
-    assert code == 2 and f"{shard}: unreadable samples" in out
+    assert code == 2 and f"{shard}: checksum mismatch" in out
 
 
 @pytest.mark.parametrize("field", ["video", "responses"])
@@ -77,14 +77,30 @@ def test_flipped_bytes_inside_a_shard_are_caught_naming_the_file(store, capsys, 
     raw[7] ^= 0x10  # inside the first chunk: chunks come first, the shard index last
     shard.write_bytes(bytes(raw))
     code, out = _check(store, capsys)
-    assert code == 2 and f"{shard}: unreadable samples" in out, out
+    assert code == 2 and f"{shard}: checksum mismatch" in out, out
 
 
 def test_nan_in_train_responses_is_caught(store, capsys):
     array = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store / "s1" / "responses")}}).result()
     array[5, 2].write(np.float32(np.nan)).result()  # trial 0 is train
     code, out = _check(store, capsys)
-    assert code == 2 and "1 train-tier samples contain NaN" in out
+    assert code == 2 and "checksum mismatch" in out  # the shard changed after the import
+    _reseal(store, "s1")  # as if the NaN had been imported: the scan of the values must still catch it
+    code, out = _check(store, capsys)
+    assert code == 2 and "1 train-tier samples contain NaN" in out and "checksum" not in out
+
+
+def _reseal(store, name):
+    """Records the session's current file checksums in its manifest and the manifest's in the catalog."""
+    from omnimouse_jax.data.store import sha256_file
+
+    manifest_path = store / name / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["checksums"] = {rel: sha256_file(store / name / rel) for rel in manifest["checksums"]}
+    manifest_path.write_text(json.dumps(manifest))
+    catalog = json.loads((store / "catalog.json").read_text())
+    catalog["sessions"][name]["manifest_sha256"] = sha256_file(manifest_path)
+    (store / "catalog.json").write_text(json.dumps(catalog))
 
 
 def test_orphans_and_leftovers(store, capsys):

@@ -55,24 +55,13 @@ def _scan_problems(session) -> list[str]:
             try:
                 x = session.read(start, stop, fields=(field,))[field]
             except Exception as err:  # tensorstore raises its own errors for truncated or corrupt shards
-                problems.append(_unreadable(session, field, start, stop, err))
+                problems.append(f"{session.path / spec['path']}: unreadable samples [{start}, {stop}) ({err})")
                 break
             if field == "responses":
                 nan_rows += int(np.isnan(x[must_be_finite[start:stop]]).any(axis=1).sum())
         if nan_rows:
             problems.append(f"{session.path / 'responses'}: {nan_rows} train-tier samples contain NaN responses")
     return problems
-
-
-def _unreadable(session, field: str, start: int, stop: int, err: Exception) -> str:
-    """The problem line for a block that failed to read, naming the first shard file that fails on its own."""
-    for first, end, path in session.shard_files(field, start, stop):
-        try:
-            session.read(max(first, start), min(end, stop), fields=(field,))
-        except Exception as shard_err:  # noqa: BLE001 - tensorstore's status errors have no common public type
-            return (f"{path}: unreadable samples [{max(first, start)}, {min(end, stop)}) of {field} (corrupted or "
-                    f"truncated; re-run the import) ({str(shard_err).splitlines()[0]})")
-    return f"{session.path / session.manifest['arrays'][field]['path']}: unreadable samples [{start}, {stop}) ({err})"
 
 
 def check_session(root: Path, name: str, entry: dict) -> list[str]:
