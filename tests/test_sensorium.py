@@ -107,9 +107,12 @@ def _truncate(path):
 
 BAD_INPUTS = {
     "missing data folder": (lambda f: shutil.rmtree(f / "data"), "data/videos: missing folder"),
-    "missing trial file": (lambda f: (f / "data/behavior/1.npy").unlink(), "data/behavior/1.npy: trial file counts"),
+    "missing trial file": (lambda f: (f / "data/behavior/1.npy").unlink(),
+                           "data/behavior/1.npy: missing; trial 1 has data/videos/1.npy, data/pupil_center/1.npy"),
+    "missing video file": (lambda f: (f / "data/videos/1.npy").unlink(),
+                           "data/videos/1.npy: missing; trial 1 has data/behavior/1.npy, data/pupil_center/1.npy"),
     "extra trial file": (lambda f: shutil.copy(f / "data/pupil_center/0.npy", f / "data/pupil_center/4.npy"),
-                         "data/pupil_center/4.npy: trial file counts"),
+                         "data/pupil_center/4.npy: trial file counts differ: no trial 4 in data/videos, data/behavior"),
     "missing train responses": (lambda f: (f / "data/responses/0.npy").unlink(),
                                 "data/responses/0.npy: missing for a trial of tier 'train'"),
     "missing oracle responses": (lambda f: (f / "data/responses/2.npy").unlink(),

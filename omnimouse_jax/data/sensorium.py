@@ -137,13 +137,18 @@ def _trial_indices(source: _Source, n_tiers: int) -> tuple[list[int], set[int]]:
     videos = files["videos"]
     if not videos:
         raise UserError(f"{source.describe('data/videos')}: no trials; expected <i>.npy files")
-    for key in ("behavior", "pupil_center", "responses"):
-        extra = files[key] - videos
-        missing = videos - files[key] if key != "responses" else set()
-        if extra or missing:
-            first = min(extra | missing)
-            raise UserError(f"{source.describe(f'data/{key}/{first}.npy')}: trial file counts differ "
-                            f"(videos has {len(videos)}, {key} has {len(files[key])})")
+    required = ("videos", "behavior", "pupil_center")  # responses may be absent (stimulus-only tiers)
+    for i in sorted(set().union(*files.values())):
+        have = [key for key in required if i in files[key]]
+        if len(have) == len(required):
+            continue
+        if 2 * len(have) > len(required):  # most of trial i's files are there: name the one that is not
+            absent = next(key for key in required if key not in have)
+            raise UserError(f"{source.describe(f'data/{absent}/{i}.npy')}: missing; trial {i} has "
+                            + ", ".join(f"data/{key}/{i}.npy" for key in have))
+        odd = have[0] if have else "responses"
+        raise UserError(f"{source.describe(f'data/{odd}/{i}.npy')}: trial file counts differ: no trial {i} in "
+                        + ", ".join(f"data/{key}" for key in required if key not in have))
     if videos != set(range(n_tiers)):
         raise UserError(f"{source.describe('meta/trials/tiers.npy')}: {n_tiers} tiers but data/videos holds trials "
                         f"{min(videos)}..{max(videos)} ({len(videos)} files); expected one tier per trial 0..n-1")
