@@ -350,8 +350,8 @@ def test_progress_line_extrapolates_the_batches_after_the_first():
 
 def test_evaluation_reports_its_first_and_last_batch(workdir):
     lines = []
-    R.evaluate_workdir(workdir, regimes="video_only", baselines=(), options=R.EvalOptions(max_batches=3, ablation=False),
-                       log=lines.append)
+    R.evaluate_workdir(workdir, regimes="video_only", baselines=(),
+                       options=R.EvalOptions(max_batches=3, ablation=False), log=lines.append)
     from omnimouse_jax.train.checkpoint import Checkpointer
 
     newest = Checkpointer(workdir / "checkpoints", use_async=False).latest_step()
