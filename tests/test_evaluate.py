@@ -432,3 +432,13 @@ def test_a_split_of_several_tiers_keeps_each_tiers_scores(tmp_path):
     tiers = sorted(entry["model_by_tier"])
     assert row == "| video_only | response/correlation | " + " | ".join(
         f"{entry['model_by_tier'][t]['response/correlation']:.3f}" for t in tiers) + " |"
+
+
+def test_planted_names_a_store_that_is_not_there(workdir, tmp_path, capsys):
+    from omnimouse_jax.cli import main
+
+    moved = tmp_path / "moved-store"
+    assert main(["planted", "--workdir", str(workdir), "--store", str(moved)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"omnimouse: error: {moved}: no session store there (--store); pass the store the run was trained on with "
+        "--store"]

@@ -99,6 +99,10 @@ def run(args) -> int:
 
     trained = load_trained(args.workdir)
     store = Path(args.store or trained.config.data.root)
+    if not (store / "catalog.json").is_file():
+        where = "--store" if args.store else f"the run's config.data.root ({args.workdir}/config.json)"
+        raise UserError(f"{store}: no session store there ({where}); pass the store the run was trained on with "
+                        "--store")
     results = planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), trained.layout,
                                store / "ground_truth")
     if not results:
