@@ -100,6 +100,28 @@ def test_a_file_where_a_directory_is_expected_is_exit_2_and_one_line(tmp_path, c
     assert file.read_text() == "not a directory\n"
 
 
+@pytest.mark.parametrize("command", [
+    ["data", "info", "{missing}"],
+    ["data", "check", "{missing}"],
+    ["data", "import-sensorium", "{missing}", "--out", "{tmp}/out"],
+    ["data", "import-experanto", "{missing}", "--out", "{tmp}/out"],
+    ["data", "import-nwb", "{missing}", "--out", "{tmp}/out"],
+    ["train", "--config", "{missing}.py", "--workdir", "{tmp}/out"],
+    ["evaluate", "--workdir", "{missing}"],
+    ["planted", "--workdir", "{missing}"],
+    ["sweep", "--config", "{missing}.py", "--workdir", "{tmp}/out", "--launcher", "print"],
+    ["finetune", "--from", "{missing}", "--data", "{missing}", "--sessions", "a", "--workdir", "{tmp}/out"],
+    ["fit", "--csv", "{missing}.csv", "--form", "power", "--x", "N", "--y", "val_loss"],
+    ["figures", "--sweep", "{missing}", "--out", "{tmp}/out"],
+], ids=lambda command: " ".join(command[:2]))
+def test_a_missing_input_is_exit_2_and_one_line_naming_it_and_writes_nothing(tmp_path, capsys, command):
+    missing = tmp_path / "missing"
+    assert cli.main([arg.format(missing=missing, tmp=tmp_path) for arg in command]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("omnimouse: error: ") and str(missing) in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_refuses_an_unwritable_out_before_any_work(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()

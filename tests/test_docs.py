@@ -32,3 +32,9 @@ def test_the_demo_time_is_the_one_measured_figure_everywhere():
         text = " ".join(path.read_text().split())
         assert f"took {sweep} s of the demo's {total} s" in text, path
         assert not re.search(r"demo[^.]*about \d+ minutes", text), path
+
+
+def test_readme_says_how_to_open_the_logs_and_see_tracebacks():
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install tensorboard" in readme and "tensorboard --logdir" in readme  # tensorboardX only writes
+    assert "OMNIMOUSE_DEBUG=1" in readme and "--debug" in readme
