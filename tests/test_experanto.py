@@ -6,7 +6,7 @@ import pytest
 
 from omnimouse_jax import cli, open_store
 from omnimouse_jax.data.experanto import GAP_PERIODS, _Sequence
-from omnimouse_jax.data.sensorium import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.validate import check_store
 from experanto_fixtures import EYE_NAMES, NAME, TREADMILL_GAP_CLIP, make_session, write_sequence
 
@@ -81,7 +81,7 @@ def test_nearest_import_is_exact_and_splits_at_the_gap(tmp_path, capsys):
     assert check_store(tmp_path / "store") == ([], [])
 
     session = open_store(tmp_path / "store").session(NAME)
-    assert session.behavior_channels == BEHAVIOR_CHANNELS and session.frame_shape == (6, 8)
+    assert session.behavior_channels == list(BEHAVIOR_CHANNELS) and session.frame_shape == (6, 8)
     assert session.animal == "dynamic17797"
     np.testing.assert_array_equal(session.neurons["unit_ids"], np.arange(100, 106))
     np.testing.assert_allclose(session.neurons["coordinates"],

@@ -5,7 +5,7 @@ import pytest
 
 from omnimouse_jax import cli, open_store
 from omnimouse_jax.data.nwb import _Signal
-from omnimouse_jax.data.sensorium import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.validate import check_store
 from nwb_fixtures import FRAME, TIERS, make_nwb
 
@@ -85,7 +85,7 @@ def test_nearest_import_is_exact_at_every_grid_time(tmp_path, capsys):
 
     session = open_store(tmp_path / "store").session("rec")
     assert session.animal == "mouseA" and session.frame_shape == FRAME
-    assert session.behavior_channels == BEHAVIOR_CHANNELS
+    assert session.behavior_channels == list(BEHAVIOR_CHANNELS)
     np.testing.assert_array_equal(session.neurons["unit_ids"], [10, 11, 12, 20, 21])
     for i, (start, stop) in enumerate(zip(truth["starts"], truth["stops"])):
         trial = session.trial(i)

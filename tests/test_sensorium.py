@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from omnimouse_jax import cli, open_store
-from omnimouse_jax.data.sensorium import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from sensorium_fixtures import NAME, make_session, zip_session
 
 
@@ -41,7 +41,7 @@ def test_folder_round_trip_is_exact(tmp_path, capsys):
             in capsys.readouterr().out)
     store = open_store(tmp_path / "store")
     session = store.session(NAME)
-    assert session.animal == "dynamic29156" and session.behavior_channels == BEHAVIOR_CHANNELS
+    assert session.animal == "dynamic29156" and session.behavior_channels == list(BEHAVIOR_CHANNELS)
     assert session.frame_shape == (6, 8) and session.n_neurons == 5
     _assert_matches_source(session, arrays, stimulus_only=(2, 3))
     np.testing.assert_array_equal(session.trials["has_responses"], [True, True, False, False])

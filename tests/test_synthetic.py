@@ -6,6 +6,7 @@ import pytest
 
 from omnimouse_jax import cli
 from omnimouse_jax.data import synthetic
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, generate_mouse, write_digital_mice
 
 SMALL = DigitalMiceConfig(mice=2, neurons=(24, 40), trials=10, oracle_videos=2, oracle_repeats=3, test_trials=2,
@@ -261,7 +262,7 @@ def test_store_layout_holds_the_generated_trials_and_true_rates(tmp_path):
     for m, name in enumerate(names):
         mouse = generate_mouse(TINY, m)
         session = store.session(name)
-        assert session.behavior_channels == list(synthetic.BEHAVIOR_CHANNELS)
+        assert session.behavior_channels == list(BEHAVIOR_CHANNELS)
         assert session.n_neurons == TINY.neuron_counts()[m] and session.n_trials == TINY.trials_per_mouse()
         with np.load(tmp_path / "ground_truth" / f"{name}.npz") as gt:
             np.testing.assert_array_equal(gt["loadings"], mouse.ground_truth["loadings"])

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omnimouse_jax.data.sensorium import BEHAVIOR_CHANNELS, SAMPLING_RATE
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
 
 SEQUENCE_DEVICES = ("responses", "eye_tracker", "treadmill")
@@ -409,7 +410,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                         "median_period_s": dev.period} for d, dev in source.devices.items()},
     }
     with SessionWriter(out, source.name, animal=source.name.split("-")[0], n_neurons=len(all_neurons),
-                       frame_shape=source.frame_shape, behavior_channels=BEHAVIOR_CHANNELS,
+                       frame_shape=source.frame_shape, behavior_channels=list(BEHAVIOR_CHANNELS),
                        sampling_rate=SAMPLING_RATE, unit_ids=source.unit_ids, coordinates=source.coordinates,
                        provenance=provenance, replace=replace) as writer:
         for clip in source.clips:

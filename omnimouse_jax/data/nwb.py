@@ -53,7 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.data.experanto import GAP_PERIODS, INTERPOLATIONS, TIER_ALIASES, _runs
-from omnimouse_jax.data.sensorium import BEHAVIOR_CHANNELS, SAMPLING_RATE
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
 
 RUNNING_NAMES = ("running_speed", "speed")
@@ -487,7 +488,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
         "response_columns": {_show(s.path): s.n_columns for s in source.responses},
     }
     with SessionWriter(out, source.name, animal=source.animal, n_neurons=source.n_neurons,
-                       frame_shape=source.stimulus.frame_shape, behavior_channels=BEHAVIOR_CHANNELS,
+                       frame_shape=source.stimulus.frame_shape, behavior_channels=list(BEHAVIOR_CHANNELS),
                        sampling_rate=SAMPLING_RATE, unit_ids=source.unit_ids, provenance=provenance,
                        replace=replace) as writer:
         for trial in source.trials:

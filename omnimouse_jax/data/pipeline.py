@@ -30,10 +30,10 @@ import numpy as np
 
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.receptive_fields import EnergyCorrelation
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError
 
 # The model's behavior channels, in its order; sources are mapped by name.
-BEHAVIOR_CHANNELS = ("pupil_dilation", "running_speed", "pupil_x", "pupil_y", "pupil_dilation_derivative")
 RESPONSE_STD_FLOOR = 1e-2  # as a fraction of the session's mean std: keeps near-silent neurons from exploding
 _FIELDS = ("responses", "video", "behavior")
 # Training trials per session read for the initializers' statistics. Tuning needs more than a mean: on digital mice

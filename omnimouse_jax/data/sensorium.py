@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError, check_directory_target
 
 SAMPLING_RATE = 30.0
-SOURCE_BEHAVIOR = ["pupil_dilation", "running_speed"]
-BEHAVIOR_CHANNELS = SOURCE_BEHAVIOR + ["pupil_x", "pupil_y", "pupil_dilation_derivative"]
 DATA_KEYS = ("videos", "responses", "behavior", "pupil_center")
 # Tiers released without responses (their responses are withheld for scoring): only their trials may lack a file.
 STIMULUS_ONLY_TIERS = ("live_test", "final_test")
@@ -212,7 +211,7 @@ def import_session(source: _Source, out, replace: bool = False, log=print) -> bo
     frame_shape = first.shape[:2]
     n_bytes = 0
     with SessionWriter(out, source.name, animal=source.name.split("-")[0], n_neurons=n_neurons,
-                       frame_shape=frame_shape, behavior_channels=BEHAVIOR_CHANNELS, sampling_rate=SAMPLING_RATE,
+                       frame_shape=frame_shape, behavior_channels=list(BEHAVIOR_CHANNELS), sampling_rate=SAMPLING_RATE,
                        unit_ids=unit_ids, coordinates=coordinates, provenance=_provenance(source),
                        replace=replace) as writer:
         for i in indices:

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError
 
-BEHAVIOR_CHANNELS = ("pupil_dilation", "running_speed", "pupil_x", "pupil_y", "pupil_dilation_derivative")
 TIERS = ("train", "oracle", "final_test_main")
 LAYOUTS = ("store", "sensorium")
 VIDEO_MEAN, VIDEO_STD = 113.0, 59.0  # the paper's video normalization; neurons see the video standardized by it

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from omnimouse_jax.data.pipeline import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 
 VALIDATION_EVERY = 5
 # Penalties relative to the mean feature variance: lambda = alpha * trace(C_xx) / d.

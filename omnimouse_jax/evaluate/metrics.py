@@ -24,7 +24,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from omnimouse_jax.data.pipeline import BEHAVIOR_CHANNELS, tier_names
+from omnimouse_jax.data.pipeline import tier_names
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 
 SENSORIUM_SKIP = 50  # samples at the start of each trial left out of the Sensorium score
 FEV_THRESHOLD = 0.15  # neurons below this fraction of explainable variance are left out of FEVE (Sensorium 2022)

@@ -61,6 +61,7 @@ import numpy as np
 
 from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
 
@@ -459,7 +460,7 @@ class PredictionRecorder:
 
     def save(self, path: Path) -> None:
         arrays = {k: np.concatenate(v) for k, v in self.parts.items()}
-        arrays["behavior_channels"] = np.asarray(pipeline.BEHAVIOR_CHANNELS)
+        arrays["behavior_channels"] = np.asarray(BEHAVIOR_CHANNELS)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:

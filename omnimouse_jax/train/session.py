@@ -21,6 +21,7 @@ from flax import nnx
 
 from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.store import write_json_atomic, open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
@@ -129,7 +130,7 @@ def abstract_state(config, tx, mesh):
 def abstract_batch(config, batch_sharding) -> dict:
     """ShapeDtypeStructs of the model's batch fields (global batch; see omnimouse_jax.data.pipeline for the layout)."""
     b, t, n = config.train.batch_size, config.model.num_samples, config.model.max_neurons
-    c, frame = len(pipeline.BEHAVIOR_CHANNELS), tuple(config.model.frame_shape)
+    c, frame = len(BEHAVIOR_CHANNELS), tuple(config.model.frame_shape)
     shapes = {"responses": ((b, t, n), jnp.float32), "neuron_mask": ((b, n), jnp.bool_),
               "neuron_index": ((b, n), jnp.int32), "session_index": ((b,), jnp.int32),
               "animal_index": ((b,), jnp.int32), "video": ((b, t, *frame), jnp.uint8),
