@@ -299,6 +299,26 @@ def loss_figure(plt, points, fits: SweepFits, *, along: str, group: str):
     return fig
 
 
+def _score_panels(plt, columns):
+    """(figure, panels): one log-x panel per metric column, at most 4 a row, unused panels hidden."""
+    cols = min(4, len(columns))
+    rows = math.ceil(len(columns) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for row in axes:  # every score in the paper's table is a single-trial correlation
+        row[0].set_ylabel("single-trial correlation", fontsize=8)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:len(columns)]
+
+
+def _finish_panel(ax, column: str, title_suffix: str, xlabel: str) -> None:
+    ax.set_xscale("log")
+    ax.set_title(METRIC_TITLES[column] + title_suffix, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(True, which="both", alpha=0.25)
+    _readable_log_axes(ax)
+
+
 def metrics_figure(plt, points, fits: SweepFits):
     """Each regime's score against N at the largest D, with its fit and 95% band; None (and a note) without scores."""
     at_max = [p for p in points if p["D"] == max(q["D"] for q in points)]
@@ -306,10 +326,8 @@ def metrics_figure(plt, points, fits: SweepFits):
     if not columns:
         fits.notes.append("metrics_vs_params: no run at the largest D has evaluation metrics (eval.json); not drawn")
         return None
-    cols = min(4, len(columns))
-    rows = math.ceil(len(columns) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, column in zip(axes.flat, columns):
+    fig, panels = _score_panels(plt, columns)
+    for ax, column in zip(panels, columns):
         sel = [p for p in at_max if p.get(column) is not None]
         xn = np.array([p["N"] for p in sel])
         ax.scatter(xn, [p[column] for p in sel], color="C0", s=20, zorder=3)
@@ -319,15 +337,7 @@ def metrics_figure(plt, points, fits: SweepFits):
             xs = _grid(xn)
             _draw(ax, xs, *curve(result, {"x": xs}), "C0")
             fitted = f" ({result.form}{'' if result.bootstrap['used'] else ', no interval'})"
-        ax.set_xscale("log")
-        ax.set_title(METRIC_TITLES[column] + fitted, fontsize=9)
-        ax.set_xlabel("N", fontsize=8)
-        ax.grid(True, which="both", alpha=0.25)
-        _readable_log_axes(ax)
-    for row in axes:  # every score in the paper's table is a single-trial correlation
-        row[0].set_ylabel("single-trial correlation", fontsize=8)
-    for ax in list(axes.flat)[len(columns):]:
-        ax.axis("off")
+        _finish_panel(ax, column, fitted, "N")
     fig.suptitle(f"evaluation metrics vs non-embedding parameters (D = {at_max[0]['D']:.3g})", fontsize=10)
     fig.tight_layout()
     return fig
@@ -342,11 +352,9 @@ def metrics_vs_data_figure(plt, points, fits: SweepFits):
     if not columns:
         fits.notes.append("metrics_vs_data: no model size has evaluation metrics at two or more data sizes; not drawn")
         return None
-    cols = min(4, len(columns))
-    rows = math.ceil(len(columns) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    fig, panels = _score_panels(plt, columns)
     colors = plt.cm.viridis(np.linspace(0.1, 0.9, max(len(sizes), 1)))
-    for ax, column in zip(axes.flat, columns):
+    for ax, column in zip(panels, columns):
         for size, color in zip(sizes, colors):
             sel = [p for p in points if p["size"] == size and p.get(column) is not None]
             if not sel:
@@ -357,16 +365,8 @@ def metrics_vs_data_figure(plt, points, fits: SweepFits):
             if result is not None:
                 xs = _grid(xd)
                 _draw(ax, xs, *curve(result, {"x": xs}), color)
-        ax.set_xscale("log")
-        ax.set_title(METRIC_TITLES[column], fontsize=9)
-        ax.set_xlabel("unique training tokens D", fontsize=8)
-        ax.grid(True, which="both", alpha=0.25)
-        _readable_log_axes(ax)
-    for row in axes:
-        row[0].set_ylabel("single-trial correlation", fontsize=8)
-    axes.flat[0].legend(fontsize=7, title="size", title_fontsize=7)
-    for ax in list(axes.flat)[len(columns):]:
-        ax.axis("off")
+        _finish_panel(ax, column, "", "unique training tokens D")
+    panels[0].legend(fontsize=7, title="size", title_fontsize=7)
     fig.suptitle("evaluation metrics vs data, per model size (log-linear fits, 95% bands)", fontsize=10)
     fig.tight_layout()
     return fig
