@@ -17,7 +17,7 @@ import math
 import time
 from pathlib import Path
 
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_directory_target
 
 SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "scaling_demo.py"
 # The regimes table's quick evaluation, sized to the demo's budget.
@@ -55,6 +55,7 @@ def run(args) -> int:
 
     if args.steps < 1 or args.processes < 1 or args.mice < 1 or args.bootstrap < 0:
         raise UserError("--steps, --processes and --mice must be positive and --bootstrap non-negative")
+    check_directory_target(args.out, "--out")
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()

@@ -89,6 +89,10 @@ REPO = Path(__file__).parents[1]
     (["figures", "--sweep", "{tmp}", "--out", "{file}"], "--out"),
     (["data", "import-sensorium", "{tmp}", "--out", "{file}"], "--out"),
     (["evaluate", "--workdir", "{tmp}", "--out", "{file}/eval.json"], "--out"),
+    (["data", "import-experanto", "{tmp}", "--out", "{file}"], "--out"),
+    (["data", "import-nwb", "{tmp}", "--out", "{file}"], "--out"),
+    (["demo", "--out", "{file}"], "--out"),
+    (["finetune", "--from", "{tmp}", "--data", "{tmp}", "--sessions", "a", "--workdir", "{file}"], "--workdir"),
 ])
 def test_a_file_where_a_directory_is_expected_is_exit_2_and_one_line(tmp_path, capsys, command, flag):
     file = tmp_path / "taken"

@@ -46,7 +46,7 @@ import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_directory_target
 
 SEQUENCE_DEVICES = ("responses", "eye_tracker", "treadmill")
 DEVICES = ("screen", *SEQUENCE_DEVICES)
@@ -488,6 +488,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_directory_target(args.out, "--out")
     import_experanto(args.src, args.out, interpolation=args.interpolation, replace=args.replace,
                      log=lambda line: print(line, flush=True))
     return 0

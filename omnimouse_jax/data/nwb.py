@@ -55,7 +55,7 @@ import numpy as np
 from omnimouse_jax.data.experanto import GAP_PERIODS, INTERPOLATIONS, TIER_ALIASES, _runs
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
-from omnimouse_jax.errors import UserError
+from omnimouse_jax.errors import UserError, check_directory_target
 
 RUNNING_NAMES = ("running_speed", "speed")
 TIER_COLUMNS = ("tier", "split")
@@ -614,6 +614,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_directory_target(args.out, "--out")
     import_nwb(args.files, args.out, series=args.series, stimulus=args.stimulus, running=args.running,
                pupil=args.pupil, pupil_position=args.pupil_position, trials=args.trials,
                interpolation=args.interpolation, replace=args.replace, log=lambda line: print(line, flush=True))

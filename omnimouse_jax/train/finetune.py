@@ -47,7 +47,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from omnimouse_jax.config import load_config
+    from omnimouse_jax.errors import check_directory_target
 
+    check_directory_target(args.workdir, "--workdir")
     settings = load_config(args.config, getattr(args, "config_overrides", []))
     names = [n.strip() for n in args.sessions.split(",") if n.strip()]
     finetune(args.source, args.data, names, args.workdir, settings)
