@@ -13,26 +13,33 @@ def _nearest_existing(path):
 
 
 def check_directory_target(path, flag: str) -> None:
-    """UserError unless `path` is a directory or does not exist yet (it will be created): a file there would
-    otherwise fail later as a raw FileExistsError or NotADirectoryError, after the work."""
+    """UserError unless `path` is a directory or does not exist yet (it will be created), in a place this process can
+    write: a file there, or a read-only parent, would otherwise fail later as a raw OSError, after the work."""
     from pathlib import Path
 
     path = Path(path)
     existing = _nearest_existing(path)
     if not existing.is_dir():
         raise UserError(f"{flag} {path}: {existing} is a file; expected a directory (or a new path)")
+    _require_writable(existing, flag, path)
+
+
+def _require_writable(existing, flag: str, path) -> None:
+    import os
+
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable")
 
 
 def check_writable_file_target(path, flag: str) -> None:
     """UserError unless a file can be written at `path`: its directory exists (or can be created) and is writable,
     and `path` itself is not a directory; checked before the work whose result goes there."""
-    import os
     from pathlib import Path
 
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a directory; expected a file path")
-    check_directory_target(path.parent, flag)
     existing = _nearest_existing(path.parent)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {existing} is not writable")
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file; expected a directory (or a new path)")
+    _require_writable(existing, flag, path)

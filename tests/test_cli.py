@@ -126,6 +126,33 @@ def test_a_missing_input_is_exit_2_and_one_line_naming_it_and_writes_nothing(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, flag", [
+    (["train", "--config", f"{REPO}/experiments/configs/omnimouse.py:size=test", "--workdir", "{locked}/run"],
+     "--workdir"),
+    (["sweep", "--config", f"{REPO}/experiments/sweeps/scaling_demo.py", "--workdir", "{locked}/s", "--launcher",
+      "print"], "--workdir"),
+    (["figures", "--sweep", "{tmp}", "--out", "{locked}/fig"], "--out"),
+    (["data", "import-sensorium", "{tmp}", "--out", "{locked}/store"], "--out"),
+    (["data", "import-experanto", "{tmp}", "--out", "{locked}/store"], "--out"),
+    (["data", "import-nwb", "{tmp}", "--out", "{locked}/store"], "--out"),
+    (["demo", "--out", "{locked}/demo"], "--out"),
+    (["finetune", "--from", "{tmp}", "--data", "{tmp}", "--sessions", "a", "--workdir", "{locked}/ft"], "--workdir"),
+    (["evaluate", "--workdir", "{tmp}", "--out", "{locked}/eval.json"], "--out"),
+], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else v)
+def test_an_unwritable_output_is_exit_2_and_one_line_before_any_work(tmp_path, capsys, monkeypatch, command, flag):
+    """The output's nearest existing folder is read-only (os.access says so: the tests may run as root, for whom
+    permission bits do not bind)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    argv = [arg.format(locked=locked, tmp=tmp_path) for arg in command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"omnimouse: error: {flag} ") and f"{locked} is not writable" in err[0]
+    assert list(locked.iterdir()) == []
+
+
 def test_evaluate_refuses_an_unwritable_out_before_any_work(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
