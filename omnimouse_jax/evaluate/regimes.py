@@ -726,7 +726,8 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
         return MetricSuite(windows.reader.layout, forecast=preset.startswith("causal_"), trial_videos=trial_videos)
 
     # A split of several tiers (final_test: the paper's four) also keeps the model's scores per tier.
-    tiers = pipeline.tier_names(split) if len(pipeline.tier_names(split)) > 1 else ()
+    tiers = pipeline.tier_names(split)
+    tiers = tiers if len(tiers) > 1 else ()
     tier_suites = {(p, tier): suite(p) for p in presets for tier in tiers}
     seen_tiers = set()
     suites = {}
