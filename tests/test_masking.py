@@ -74,36 +74,6 @@ def test_training_mix_families_and_weights():
     assert all(s.suffix_start == 30 for s in strategies)  # the target window is always the last second
 
 
-def test_moving_forecast_origins_keep_every_task_share():
-    """forecast_ends: the causal prefixes end at each given sample with the target 5 samples on; each prefix's weight
-    is split over the ends that fit it, so every family keeps the paper mix's total weight."""
-    def family(s):  # every field but where the prefix and the target sit
-        return dataclasses.replace(s, prefix_start=0, suffix_start=0) if s.prefix_len else s
-
-    def shares(mix):
-        out = {}
-        for s, w in mix:
-            out[family(s)] = out.get(family(s), 0.0) + w
-        return out
-
-    paper = masking.training_mix(neuron_counts=(8,))
-    moved = masking.training_mix(neuron_counts=(8,), forecast_ends=(15, 25, 35, 45))
-    assert shares(moved).keys() == shares(paper).keys()
-    assert all(np.isclose(shares(moved)[k], v) for k, v in shares(paper).items())
-    plain = {(s.prefix_start, s.prefix_len, s.suffix_start): w for s, w in moved
-             if s.n_visible_neurons is None and s.prefix_len and s.video_len == 0 and s.behavior_encoded}
-    # By hand: a prefix of 10 or 15 fits all four ends, one of 25 the three from 25 on.
-    expected = {(end - length, length, end + 5): 1 / (4 if length < 25 else 3)
-                for length in (10, 15, 25) for end in (15, 25, 35, 45) if end >= length}
-    assert plain.keys() == expected.keys() and all(np.isclose(plain[k], w) for k, w in expected.items())
-    # The forecast's visible samples and targets move with the end.
-    s = next(s for s, _ in moved if (s.prefix_start, s.prefix_len, s.suffix_start) == (20, 15, 40))
-    masks = make_masks(strategy_arrays(s), np.ones((1, 6), bool), T)
-    visible = np.flatnonzero(np.asarray(masks.response_visible)[0].any(1))
-    target = np.flatnonzero(np.asarray(masks.response_target)[0].any(1))
-    assert visible.tolist() == list(range(20, 35)) and target.tolist() == list(range(40, T))
-
-
 @pytest.mark.parametrize("names", [masking.EVAL_PRESETS])
 def test_masks_match_reference_for_every_strategy(names):
     rng = np.random.default_rng(0)

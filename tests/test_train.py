@@ -124,8 +124,6 @@ def test_training_mix_choices(store):
     assert len(training_mix(_config(store))[0]) > 20
     with pytest.raises(UserError, match="config.masking.mix='nope'"):
         training_mix(_config(store, **{"masking.mix": "nope"}))
-    with pytest.raises(UserError, match=r"config.masking.forecast_ends=\(25, 58\)"):
-        training_mix(_config(store, **{"masking.forecast_ends": (25, 58)}))
 
 
 def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, tmp_path):

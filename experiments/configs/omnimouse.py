@@ -161,9 +161,8 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     # Neuron counts of the training mix's population families (paper: 64, 256, 1024 of up to 4096 neurons).
     # mix: "paper" (the multi-task training mix) or comma-separated preset names (a specialized single-task model).
     # draw: "example" (a strategy per example, so every batch mixes tasks) or "batch" (one per global batch).
-    # forecast_ends: where the mix's causal prefixes end; the paper's mix: 25 only (masking.training_mix).
     config.masking = ml_collections.ConfigDict(dict(
-        mix="paper", draw="example", forecast_ends=(25,),
+        mix="paper", draw="example",
         neuron_counts={"test": (4, 8, 16), "tiny": (16, 32, 64)}.get(size, (64, 256, 1024)),
         max_reconstructed=3072))
     return config

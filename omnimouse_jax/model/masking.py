@@ -30,11 +30,6 @@ ALL = 1 << 24
 PAPER_BLOCK = 60  # samples per block the presets are written for (2 s at 30 Hz)
 PAPER_NEURON_COUNTS = (64, 256, 1024)
 PAPER_MAX_RECONSTRUCTED = 3072
-# The training mix's causal prefixes: 10, 15 or 25 samples ending at FORECAST_END (exclusive); targets start
-# FORECAST_GAP samples later (the paper's presets: visible 0-24, targets 30-59).
-CAUSAL_PREFIXES = (10, 15, 25)
-FORECAST_END = 25
-FORECAST_GAP = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,53 +142,41 @@ def _named_presets() -> dict[str, MaskingStrategy]:
 
 
 def training_mix(neuron_counts=PAPER_NEURON_COUNTS, max_reconstructed: int = PAPER_MAX_RECONSTRUCTED,
-                 video_splits=(0, 10, 20, 30, 40, 50),
-                 forecast_ends=(FORECAST_END,)) -> list[tuple[MaskingStrategy, float]]:
-    """The multi-task training mix for 60-sample blocks, every strategy drawn equally often.
+                 video_splits=(0, 10, 20, 30, 40, 50)) -> list[tuple[MaskingStrategy, float]]:
+    """The multi-task training mix, all weights 1 (sampled uniformly), for 60-sample blocks.
 
     For each split v the last v frames of video are visible and responses are confined to the other 60 - v
     samples (the end of the block for population masking, the start for causal masking). Families: population,
     causal, population + causal, inverse population + causal (all neurons over a short prefix, n neurons after);
     at v = 0 each with behavior encoded or reconstructed, otherwise behavior encoded. Plus video-only prediction
     (behavior encoded or decoded) and pure behavior decoding from all neurons.
-
-    forecast_ends: where the causal and population + causal prefixes end (exclusive); the target starts
-    FORECAST_GAP samples later. The paper's mix ends them all at FORECAST_END = 25 (targets 30-59). With several ends
-    each prefix's strategies are weighted 1 / (the number of ends that fit it and the split), so the tasks' shares
-    stay the paper mix's and only the forecast's origin moves.
     """
-    mix: list[tuple[MaskingStrategy, float]] = []
+    causal = ((15, 10), (10, 15), (0, 25))  # (prefix_start, prefix_len): 10, 15 or 25 samples before the target
+    mix: list[MaskingStrategy] = []
     for v in video_splits:
         video = dict(video_start=PAPER_BLOCK - v, video_len=v)
         late = dict(context_start=v, context_len=PAPER_BLOCK - v)  # population: responses in the later samples
         early = dict(context_start=0, context_len=PAPER_BLOCK - v)  # causal: responses in the earlier samples
         family = []
         for n in neuron_counts:
-            family.append((MaskingStrategy(n_visible_neurons=n, prefix_start=v,
-                                           max_reconstructed_neurons=max_reconstructed, **late, **video), 1.0))
-        # Causal presets exist at the splits where the paper's end fits; the ends that fit a prefix share its weight.
-        ends = [end for end in forecast_ends if end <= PAPER_BLOCK - v] if FORECAST_END <= PAPER_BLOCK - v else []
-        for length in CAUSAL_PREFIXES:
-            fitting = [end for end in ends if end >= length]
-            for end in fitting:
-                causal = dict(prefix_start=end - length, prefix_len=length, suffix_start=end + FORECAST_GAP,
-                              **early, **video)
-                family.append((MaskingStrategy(**causal), 1.0 / len(fitting)))
-                family.extend((MaskingStrategy(n_visible_neurons=n, max_reconstructed_neurons=max_reconstructed,
-                                               **causal), 1.0 / len(fitting))
+            family.append(MaskingStrategy(n_visible_neurons=n, prefix_start=v,
+                                          max_reconstructed_neurons=max_reconstructed, **late, **video))
+        for start, length in causal:
+            if start + length <= PAPER_BLOCK - v:
+                family.append(MaskingStrategy(prefix_start=start, prefix_len=length, **early, **video))
+                family.extend(MaskingStrategy(n_visible_neurons=n, prefix_start=start, prefix_len=length,
+                                              max_reconstructed_neurons=max_reconstructed, **early, **video)
                               for n in neuron_counts)
-            start = FORECAST_END - length
             if start >= v:
-                family.extend((MaskingStrategy(n_visible_neurons=n, prefix_start=start,
-                                               full_population_prefix_len=length,
-                                               max_reconstructed_neurons=max_reconstructed, **late, **video), 1.0)
+                family.extend(MaskingStrategy(n_visible_neurons=n, prefix_start=start,
+                                              full_population_prefix_len=length,
+                                              max_reconstructed_neurons=max_reconstructed, **late, **video)
                               for n in neuron_counts)
         mix.extend(family)
         if v == 0:
-            mix.extend((dataclasses.replace(s, behavior_encoded=False, behavior_reconstructed=True), w)
-                       for s, w in family)
-    mix.extend((PRESETS[name], 1.0) for name in ("video_behavior", "video_only", "all_response_only"))
-    return mix
+            mix.extend(dataclasses.replace(s, behavior_encoded=False, behavior_reconstructed=True) for s in family)
+    mix.extend([PRESETS["video_behavior"], PRESETS["video_only"], PRESETS["all_response_only"]])
+    return [(s, 1.0) for s in mix]
 
 
 PRESETS: dict[str, MaskingStrategy] = _named_presets()

@@ -73,14 +73,7 @@ def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
     specialized single-task model); every strategy must fit the block and the neuron budget."""
     mix = config.masking.get("mix", "paper")
     if mix == "paper":
-        ends = tuple(int(e) for e in config.masking.get("forecast_ends", (masking.FORECAST_END,)))
-        lowest, highest = min(masking.CAUSAL_PREFIXES), masking.PAPER_BLOCK - masking.FORECAST_GAP - 1
-        if not ends or any(e < lowest or e > highest for e in ends):
-            raise UserError(f"config.masking.forecast_ends={ends}: expected one or more sample indices in "
-                            f"{lowest}..{highest} (where causal prefixes end; targets start {masking.FORECAST_GAP} "
-                            "samples later)")
-        pairs = masking.training_mix(tuple(config.masking.neuron_counts), config.masking.max_reconstructed,
-                                     forecast_ends=ends)
+        pairs = masking.training_mix(tuple(config.masking.neuron_counts), config.masking.max_reconstructed)
     else:
         names = [n.strip() for n in mix.split(",") if n.strip()]
         unknown = [n for n in names if n not in masking.PRESETS]
