@@ -4,7 +4,7 @@
     omnimouse train --compile-only --config experiments/configs/omnimouse.py:size=300M --config.mesh.fsdp=8
     launch/local_multiprocess.sh 2 -- --config ... --workdir W      (or srun, or a TPU pod: one process per host)
 
-Multi-process runs join jax.distributed first (omnimouse_jax.train.distributed: flags, SLURM or Cloud TPU), check
+Multi-process runs join jax.distributed first (omnimouse_jax.parallel.distributed: flags, SLURM or Cloud TPU), check
 that every process runs the same config, and then train as one program over all processes' devices.
 --compile-only plans a run instead: it compiles the train step for the config's mesh on abstract inputs and prints
 per-device memory and FLOPs per step without allocating parameters (on a CPU it fakes the devices the mesh needs;
@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from omnimouse_jax.config import load_config
     from omnimouse_jax.errors import UserError, check_directory_target
-    from omnimouse_jax.train import distributed
+    from omnimouse_jax.parallel import distributed
 
     if args.compile_only:
         config = load_config(args.config, getattr(args, "config_overrides", []))
@@ -82,10 +82,11 @@ def plan(config) -> dict:
     import math
 
     import jax
-    from jax._src import xla_bridge
+
+    from omnimouse_jax.parallel import _jax_compat
 
     sizes = [int(config.mesh.get(axis, 1)) for axis in ("data", "fsdp", "tensor")]
-    if all(size > 0 for size in sizes) and not xla_bridge.backends_are_initialized():
+    if all(size > 0 for size in sizes) and not _jax_compat.backends_are_initialized():
         jax.config.update("jax_num_cpu_devices", math.prod(sizes))
     from omnimouse_jax.train.session import compile_only
 
