@@ -22,5 +22,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_directory_target(args.out, "--out")
     experanto.import_experanto(args.src, args.out, interpolation=args.interpolation, replace=args.replace,
-                     log=lambda line: print(line, flush=True))
+                               log=lambda line: print(line, flush=True))
     return 0

@@ -35,6 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_directory_target(args.out, "--out")
     nwb.import_nwb(args.files, args.out, series=args.series, stimulus=args.stimulus, running=args.running,
-               pupil=args.pupil, pupil_position=args.pupil_position, trials=args.trials,
-               interpolation=args.interpolation, replace=args.replace, log=lambda line: print(line, flush=True))
+                   pupil=args.pupil, pupil_position=args.pupil_position, trials=args.trials,
+                   interpolation=args.interpolation, replace=args.replace, log=lambda line: print(line, flush=True))
     return 0

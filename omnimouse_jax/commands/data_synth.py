@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--events-per-sample", type=float, default=defaults.events_per_sample,
                         help="median events per sample at the mean rate (higher: less Poisson noise)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="everything derives from this seed")
-    parser.add_argument("--layout", choices=synthetic.LAYOUTS, default="store", help="a session store, or Sensorium 2023 folders")
+    parser.add_argument("--layout", choices=synthetic.LAYOUTS, default="store",
+                        help="a session store, or Sensorium 2023 folders")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT")
 
 
@@ -58,10 +59,10 @@ def _config_from_args(args) -> synthetic.DigitalMiceConfig:
             raise UserError(f"--neurons: expected one count or {mice} (one per mouse), got {len(neurons)}")
         neurons = neurons[0] if len(neurons) == 1 else neurons
     return synthetic.DigitalMiceConfig(mice=mice, neurons=neurons, trials=args.trials, oracle_videos=args.oracle_videos,
-                             oracle_repeats=args.oracle_repeats, test_trials=args.test_trials,
-                             trial_length=args.trial_length, complex_fraction=args.complex_fraction,
-                             behavior_gain=args.behavior_gain, latent_gain=args.latent_gain,
-                             events_per_sample=args.events_per_sample, seed=args.seed)
+                                       oracle_repeats=args.oracle_repeats, test_trials=args.test_trials,
+                                       trial_length=args.trial_length, complex_fraction=args.complex_fraction,
+                                       behavior_gain=args.behavior_gain, latent_gain=args.latent_gain,
+                                       events_per_sample=args.events_per_sample, seed=args.seed)
 
 
 def run(args) -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omnimouse_jax.errors import UserError
-from omnimouse_jax.errors import check_writable_file_target
+from omnimouse_jax.errors import UserError, check_writable_file_target
 from omnimouse_jax.evaluate import report
 
 

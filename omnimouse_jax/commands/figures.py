@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from omnimouse_jax.errors import UserError
-from omnimouse_jax.errors import check_directory_target
+from omnimouse_jax.errors import UserError, check_directory_target
 from omnimouse_jax.scaling import figures
 
 
@@ -24,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     check_directory_target(args.out, "--out")
-    result = figures.make_figures(args.sweep, args.out, y=args.y, form=args.form, bootstrap=args.bootstrap, seed=args.seed)
+    result = figures.make_figures(args.sweep, args.out, y=args.y, form=args.form, bootstrap=args.bootstrap,
+                                  seed=args.seed)
     print(f"wrote {len(result['figures'])} figure files, {result['table']} and {result['fits_json']}")
     for note in result["fits"].notes:
         print(f"skipped: {note}")

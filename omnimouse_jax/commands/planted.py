@@ -28,9 +28,10 @@ def run(args) -> int:
         raise UserError(f"{store}: no session store there ({where}); pass the store the run was trained on with "
                         "--store")
     results = planted.planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), trained.layout,
-                               store / "ground_truth")
+                                       store / "ground_truth")
     if not results:
-        raise UserError(f"no session of {args.workdir} has the {planted.MIN_NEURONS} neurons the probe's nested folds need")
+        raise UserError(f"no session of {args.workdir} has the {planted.MIN_NEURONS} neurons the probe's nested "
+                        "folds need")
     out = Path(args.out or Path(args.workdir) / "planted.json")
     write_json_atomic(out, {"step": trained.step, "store": str(store), "r2": results})
     print(f"cross-validated R^2 of planted neuron parameters from the learned embeddings, step {trained.step}")

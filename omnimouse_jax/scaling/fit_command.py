@@ -1,4 +1,5 @@
-"""`omnimouse fit`: fit a scaling law to columns of a CSV and print the estimates with bootstrap intervals.
+"""What `omnimouse fit` (omnimouse_jax/commands/fit.py) needs before it imports jax: the names of the fitted forms
+(for --help) and the reader of a CSV's numeric columns. The fit itself is omnimouse_jax/scaling/fit.py.
 
     omnimouse fit --csv tests/data/chinchilla_points.csv --form chinchilla --x params,tokens --y loss \\
         --exclude-top-loss 5 [--bootstrap 1000] [--budget 5.76e23] [--json]
