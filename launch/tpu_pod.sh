@@ -6,7 +6,7 @@
 # COMMANDS holds one shell command per run (`omnimouse sweep --launcher tpu` writes S/launch/commands.txt and
 # S/launch/submit_tpu.sh, which calls this). PROJECT_DIR (default: this checkout's path) must hold the repository on
 # every host, with the package installed, and S must be on storage all hosts share (e.g. a GCS FUSE mount or NFS).
-# `omnimouse train` on each host joins the others itself (omnimouse_jax.train.distributed finds them from the TPU
+# `omnimouse train` on each host joins the others itself (omnimouse_jax.parallel.distributed finds them from the TPU
 # metadata). A run that fails or is preempted does not stop the others; re-run the sweep to
 # retry it (it resumes from its last checkpoint). Set ACTIVATE to a command that prepares the environment on each
 # host (default: source PROJECT_DIR/.venv/bin/activate if it exists).

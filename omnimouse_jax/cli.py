@@ -1,7 +1,8 @@
 """The `omnimouse` command: parses arguments and dispatches to the module that owns each command.
 
-Every command module exposes `add_arguments(parser)` and `run(args) -> int | None`, and keeps heavy imports (jax, flax)
-inside `run` so that `omnimouse --help` stays fast. A command whose module is absent is not offered.
+Every command module (omnimouse_jax/commands/, one per command) exposes `add_arguments(parser)` and
+`run(args) -> int | None`, and keeps heavy imports (jax, flax) inside `run` so that `omnimouse --help` stays fast. A
+command whose module is absent is not offered.
 """
 from __future__ import annotations
 
@@ -15,22 +16,23 @@ import sys
 from omnimouse_jax import __version__, interrupts
 from omnimouse_jax.errors import UserError
 
+_CMD = "omnimouse_jax.commands."
 # (group, name) -> (module, one-line help). Group None means a top-level command.
 COMMANDS = {
-    (None, "demo"): ("omnimouse_jax.demo", "synthesize digital mice, run the scaling demo, write a report"),
-    ("data", "synth"): ("omnimouse_jax.data.synthetic", "write ground-truth digital mice (store or Sensorium layout)"),
-    ("data", "import-sensorium"): ("omnimouse_jax.data.sensorium", "import Sensorium 2023 folders or zips"),
-    ("data", "import-experanto"): ("omnimouse_jax.data.experanto", "import OmniMouse (experanto) session folders"),
-    ("data", "import-nwb"): ("omnimouse_jax.data.nwb", "import two-photon NWB files"),
-    ("data", "info"): ("omnimouse_jax.data.info", "summarize a session store"),
-    ("data", "check"): ("omnimouse_jax.data.validate", "validate a session store; exit 0 only if sound"),
-    (None, "train"): ("omnimouse_jax.train.trainer", "train a model from a config; resumes from the workdir"),
-    (None, "evaluate"): ("omnimouse_jax.evaluate.report", "evaluate a trained workdir in every regime"),
-    (None, "planted"): ("omnimouse_jax.evaluate.planted", "planted neuron parameters a model learned (digital mice)"),
-    (None, "sweep"): ("omnimouse_jax.scaling.sweep", "run or emit every run of a sweep"),
-    (None, "finetune"): ("omnimouse_jax.train.finetune", "adapt a pretrained model to new mice"),
-    (None, "fit"): ("omnimouse_jax.scaling.fit_command", "fit a scaling law with bootstrap intervals"),
-    (None, "figures"): ("omnimouse_jax.scaling.figures", "scaling figures and tables from a sweep"),
+    (None, "demo"): (_CMD + "demo", "synthesize digital mice, run the scaling demo, write a report"),
+    ("data", "synth"): (_CMD + "data_synth", "write ground-truth digital mice (store or Sensorium layout)"),
+    ("data", "import-sensorium"): (_CMD + "data_import_sensorium", "import Sensorium 2023 folders or zips"),
+    ("data", "import-experanto"): (_CMD + "data_import_experanto", "import OmniMouse (experanto) session folders"),
+    ("data", "import-nwb"): (_CMD + "data_import_nwb", "import two-photon NWB files"),
+    ("data", "info"): (_CMD + "data_info", "summarize a session store"),
+    ("data", "check"): (_CMD + "data_check", "validate a session store; exit 0 only if sound"),
+    (None, "train"): (_CMD + "train", "train a model from a config; resumes from the workdir"),
+    (None, "evaluate"): (_CMD + "evaluate", "evaluate a trained workdir in every regime"),
+    (None, "planted"): (_CMD + "planted", "planted neuron parameters a model learned (digital mice)"),
+    (None, "sweep"): (_CMD + "sweep", "run or emit every run of a sweep"),
+    (None, "finetune"): (_CMD + "finetune", "adapt a pretrained model to new mice"),
+    (None, "fit"): (_CMD + "fit", "fit a scaling law with bootstrap intervals"),
+    (None, "figures"): (_CMD + "figures", "scaling figures and tables from a sweep"),
 }
 
 

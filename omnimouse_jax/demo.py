@@ -17,20 +17,9 @@ import math
 import time
 from pathlib import Path
 
-from omnimouse_jax.errors import UserError, check_directory_target
-
 SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "scaling_demo.py"
 # The regimes table's quick evaluation, sized to the demo's budget.
 QUICK_EVAL = dict(max_batches=8, train_batches=20, cnn_steps=60)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="results/demo", help="output directory (default results/demo)")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per run (default 60: the CPU budget)")
-    parser.add_argument("--processes", type=int, default=2, help="runs trained at a time (default 2)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the fits (default 1000)")
-    parser.add_argument("--mice", type=int, default=3, help="digital mice to synthesize (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the digital mice (default 0)")
 
 
 def _stage(number: int, text: str, start: float) -> None:
@@ -50,30 +39,29 @@ def synthesize(store: Path, mice: int, seed: int) -> list[str]:
     return write_digital_mice(store, config, layout="store")
 
 
-def run(args) -> int:
+def run_demo(out, *, steps: int = 60, processes: int = 2, bootstrap: int = 1000, mice: int = 3, seed: int = 0) -> int:
+    """The demo's four stages into the directory `out` (see the module docstring), printing its progress; returns
+    1 if a run of the sweep did not finish, else 0."""
     from omnimouse_jax.scaling import figures, sweep as sweeps
 
-    if args.steps < 1 or args.processes < 1 or args.mice < 1 or args.bootstrap < 0:
-        raise UserError("--steps, --processes and --mice must be positive and --bootstrap non-negative")
-    check_directory_target(args.out, "--out")
-    out = Path(args.out).absolute()
+    out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     timings = {}
 
-    _stage(1, f"synthesizing {args.mice} digital mice into {out / 'store'}", start)
-    names = synthesize(out / "store", args.mice, args.seed)
+    _stage(1, f"synthesizing {mice} digital mice into {out / 'store'}", start)
+    names = synthesize(out / "store", mice, seed)
     timings["synthesize_s"] = time.monotonic() - start
 
-    _stage(2, f"scaling sweep ({SWEEP_FILE.name}, {args.steps} steps per run) in {out / 'sweep'}", start)
-    sweep = sweeps.load_sweep(f"{SWEEP_FILE}:steps={args.steps}", out / "sweep", [("data.root", str(out / "store"))])
-    status = sweeps.run_local(sweep, processes=args.processes, log=lambda m: print("      " + m, flush=True))
+    _stage(2, f"scaling sweep ({SWEEP_FILE.name}, {steps} steps per run) in {out / 'sweep'}", start)
+    sweep = sweeps.load_sweep(f"{SWEEP_FILE}:steps={steps}", out / "sweep", [("data.root", str(out / "store"))])
+    status = sweeps.run_local(sweep, processes=processes, log=lambda m: print("      " + m, flush=True))
     rows = sweeps.collect(sweep)
     failed = {name: s.get("error") for name, s in status.items() if s.get("state") != "finished"}
     timings["sweep_s"] = time.monotonic() - start - timings["synthesize_s"]
 
-    _stage(3, f"fitting scaling laws ({args.bootstrap} bootstrap resamples) and drawing figures", start)
-    made = figures.make_figures(out / "sweep", out / "figures", bootstrap=args.bootstrap)
+    _stage(3, f"fitting scaling laws ({bootstrap} bootstrap resamples) and drawing figures", start)
+    made = figures.make_figures(out / "sweep", out / "figures", bootstrap=bootstrap)
     timings["fit_s"] = time.monotonic() - start - timings["synthesize_s"] - timings["sweep_s"]
 
     _stage(4, f"writing {out / 'report.md'}", start)

@@ -179,7 +179,7 @@ def test_cli_reference_is_the_parsers_help():
 
 
 def test_cli_reference_changes_with_a_parser(monkeypatch):
-    from omnimouse_jax.scaling import fit_command
+    from omnimouse_jax.commands import fit as fit_command
 
     before = cli.help_markdown()
     original = fit_command.add_arguments

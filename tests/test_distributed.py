@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from omnimouse_jax.config import load_config
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.train import distributed, sharding
+from omnimouse_jax.parallel import distributed, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "experiments/configs/omnimouse.py:size=test"
@@ -163,7 +163,7 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
     from omnimouse_jax.cli import main
     from omnimouse_jax.model import masking
     from omnimouse_jax.train import trainer
-    from omnimouse_jax.train import sharding
+    from omnimouse_jax.parallel import sharding
     from omnimouse_jax.train.session import abstract_fields, per_device_bytes
 
     results, print_plan = [], trainer.print_plan

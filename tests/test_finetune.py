@@ -9,7 +9,8 @@ from omnimouse_jax.config import load_config, load_config_file
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.train.finetune import SubLayout, finetune, score_sessions
+from omnimouse_jax.evaluate.finetune_scores import score_sessions
+from omnimouse_jax.train.finetune import SubLayout, finetune
 from omnimouse_jax.train.restore import load_trained
 from omnimouse_jax.train.trainer import train
 

@@ -16,7 +16,7 @@ from omnimouse_jax.model.losses import loss_fn
 from omnimouse_jax.model.masking import PRESETS, Masks, make_masks, strategy_arrays
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model.omnimouse import OmniMouse, check_model_config
-from omnimouse_jax.train import sharding
+from omnimouse_jax.parallel import sharding
 
 CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "omnimouse.py"
 

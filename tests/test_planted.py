@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
+from omnimouse_jax.commands.planted import main
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, generate_mouse
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.evaluate.planted import PARAMETERS, cross_validated_r2, main, planted_recovery
+from omnimouse_jax.evaluate.planted import PARAMETERS, cross_validated_r2, planted_recovery
 
 
 def test_r2_is_one_for_a_linear_code_and_matches_the_noise_level():

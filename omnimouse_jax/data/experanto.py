@@ -34,7 +34,6 @@ is bounded by the longest clip, never by the session.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import time
@@ -46,7 +45,7 @@ import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
-from omnimouse_jax.errors import UserError, check_directory_target
+from omnimouse_jax.errors import UserError
 
 SEQUENCE_DEVICES = ("responses", "eye_tracker", "treadmill")
 DEVICES = ("screen", *SEQUENCE_DEVICES)
@@ -474,21 +473,3 @@ def import_experanto(paths, out, interpolation: str = "nearest", replace: bool =
     if any(n > 1 for n in names.values()):
         raise UserError(f"session names given twice: {sorted(k for k, n in names.items() if n > 1)}")
     return [s.name for s in sources if import_session(s, out, interpolation=interpolation, replace=replace, log=log)]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", nargs="+", help="experanto session folder (screen/, responses/, eye_tracker/, "
-                                               "treadmill/) or a folder holding several")
-    parser.add_argument("--out", required=True, help="session store directory (created if missing)")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="nearest",
-                        help="resampling onto the 30 Hz grid (default nearest: exact source values, as the paper's "
-                             "loader; linear blends the two bracketing samples)")
-    parser.add_argument("--replace", action="store_true",
-                        help="rewrite sessions already in the store (default: skip them)")
-
-
-def run(args: argparse.Namespace) -> int:
-    check_directory_target(args.out, "--out")
-    import_experanto(args.src, args.out, interpolation=args.interpolation, replace=args.replace,
-                     log=lambda line: print(line, flush=True))
-    return 0

@@ -1,9 +1,6 @@
 """`omnimouse data info STORE [--json]`: what a session store holds, per session and in total."""
 from __future__ import annotations
 
-import argparse
-import json
-
 
 def summarize(path) -> dict:
     """Per-session metadata plus totals: neural tokens (neurons x samples with responses) and their hours."""
@@ -27,24 +24,3 @@ def summarize(path) -> dict:
                   "neural_tokens": sum(s["neural_tokens"] for s in sessions),
                   "hours": sum(s["hours"] for s in sessions)},
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="session store directory")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = summarize(args.store)
-    if args.json:
-        print(json.dumps(summary, indent=1))
-        return 0
-    for s in summary["sessions"]:
-        tiers = ", ".join(f"{k} {v}" for k, v in sorted(s["tiers"].items()))
-        print(f"{s['name']}: animal {s['animal']}, {s['n_neurons']} neurons, {s['n_trials']} trials ({tiers}), "
-              f"{s['n_samples']} samples at {s['sampling_rate']:g} Hz, frames {s['frame_shape'][0]}x"
-              f"{s['frame_shape'][1]}, behavior [{', '.join(s['behavior_channels'])}]")
-    t = summary["total"]
-    print(f"total: {t['sessions']} sessions, {t['animals']} animals, {t['neurons']} neurons, "
-          f"{t['neural_tokens']:,} neural tokens, {t['hours']:.2f} hours with responses")
-    return 0

@@ -43,7 +43,6 @@ is bounded by the longest trial.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from collections import Counter
@@ -55,7 +54,7 @@ import numpy as np
 from omnimouse_jax.data.experanto import GAP_PERIODS, INTERPOLATIONS, TIER_ALIASES, _runs
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
-from omnimouse_jax.errors import UserError, check_directory_target
+from omnimouse_jax.errors import UserError
 
 RUNNING_NAMES = ("running_speed", "speed")
 TIER_COLUMNS = ("tier", "split")
@@ -587,35 +586,3 @@ def import_nwb(paths, out, *, series=None, stimulus=None, running=None, pupil=No
         sources = [_Source(f, choices, trials, stack) for f in find_files(paths)]
         return [s.name for s in sources
                 if import_session(s, out, interpolation=interpolation, replace=replace, log=log)]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="NWB file, or a folder of *.nwb files")
-    parser.add_argument("--out", required=True, help="session store directory (created if missing)")
-    parser.add_argument("--series", action="append", metavar="NAME",
-                        help="response container or RoiResponseSeries (path components, e.g. DfOverF or "
-                             "ophys/Fluorescence/plane0); repeat to concatenate (default: the one DfOverF, else the "
-                             "one Fluorescence container)")
-    parser.add_argument("--stimulus", action="append", metavar="NAME",
-                        help="ImageSeries/OpticalSeries/IndexSeries of presented frames; repeat to merge (default: the "
-                             "one in stimulus, else the one OpticalSeries in acquisition)")
-    parser.add_argument("--running", metavar="NAME", help="running speed TimeSeries (default: the one named "
-                                                          f"{' or '.join(RUNNING_NAMES)})")
-    parser.add_argument("--pupil", metavar="NAME", help="pupil area/diameter TimeSeries (default: the one in "
-                                                        "PupilTracking)")
-    parser.add_argument("--pupil-position", metavar="NAME",
-                        help="pupil position SpatialSeries, x and y columns (default: the one in EyeTracking)")
-    parser.add_argument("--trials", choices=TRIAL_SOURCES, default="auto",
-                        help="trial source (default auto: the trials table, else epochs, else stimulus blocks)")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="nearest",
-                        help="resampling onto the 30 Hz grid (default nearest: exact source values; linear blends the "
-                             "two bracketing samples)")
-    parser.add_argument("--replace", action="store_true", help="rewrite sessions already in the store (default: skip)")
-
-
-def run(args: argparse.Namespace) -> int:
-    check_directory_target(args.out, "--out")
-    import_nwb(args.files, args.out, series=args.series, stimulus=args.stimulus, running=args.running,
-               pupil=args.pupil, pupil_position=args.pupil_position, trials=args.trials,
-               interpolation=args.interpolation, replace=args.replace, log=lambda line: print(line, flush=True))
-    return 0

@@ -11,7 +11,6 @@ incomplete by an interrupted import are written afresh.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
-from omnimouse_jax.errors import UserError, check_directory_target
+from omnimouse_jax.errors import UserError
 
 SAMPLING_RATE = 30.0
 DATA_KEYS = ("videos", "responses", "behavior", "pupil_center")
@@ -260,16 +259,3 @@ def import_sensorium(paths, out, replace: bool = False, log=print) -> list[str]:
         finally:
             source.close()
     return written
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", nargs="+", help="session folder, .zip of one, or folder holding several")
-    parser.add_argument("--out", required=True, help="session store directory (created if missing)")
-    parser.add_argument("--replace", action="store_true",
-                        help="rewrite sessions already in the store (default: skip them)")
-
-
-def run(args: argparse.Namespace) -> int:
-    check_directory_target(args.out, "--out")
-    import_sensorium(args.src, args.out, replace=args.replace, log=lambda line: print(line, flush=True))
-    return 0

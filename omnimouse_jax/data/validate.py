@@ -7,7 +7,6 @@ interrupted writes are noted, never treated as sessions.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -126,20 +125,3 @@ def check_store(path) -> tuple[list[str], list[str]]:
     for name, entry in sorted(catalog["sessions"].items()):
         problems += check_session(root, name, entry if isinstance(entry, dict) else {})
     return problems, notes
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="session store directory")
-
-
-def run(args: argparse.Namespace) -> int:
-    problems, notes = check_store(args.store)
-    for note in notes:
-        print(f"note: {note}")
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"{args.store}: {len(problems)} problem(s); the store is not sound")
-        return 2
-    print(f"{args.store}: sound")
-    return 0

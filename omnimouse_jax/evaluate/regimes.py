@@ -178,7 +178,7 @@ class ModelPredictor:
         import jax
         from flax import nnx
 
-        from omnimouse_jax.train import sharding
+        from omnimouse_jax.parallel import sharding
         from omnimouse_jax.train.session import MODEL_FIELDS
 
         self.trained, self.fields = trained, MODEL_FIELDS

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from omnimouse_jax.model import kernels
-from omnimouse_jax.train.sharding import partitioned
+from omnimouse_jax.parallel.sharding import partitioned
 
 
 def rope_frequencies(head_dim: int, min_period_s: float, max_period_s: float) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from omnimouse_jax.model.attention import XLA, Attention, Kernel, attend
-from omnimouse_jax.train.sharding import partitioned
+from omnimouse_jax.parallel.sharding import partitioned
 
 
 def rms_norm(dim: int, *, dtype, rngs: nnx.Rngs, axis_name: str = "embed") -> nnx.RMSNorm:

@@ -52,7 +52,7 @@ from omnimouse_jax.model.kernels import IMPLEMENTATIONS
 from omnimouse_jax.model.masking import Masks
 from omnimouse_jax.model.tokenizers import BehaviorTokenizer, NeuronIdentity, ResponseTokenizer
 from omnimouse_jax.model.video import ENCODERS, VideoEncoder, video_geometry
-from omnimouse_jax.train.sharding import constrain, partitioned
+from omnimouse_jax.parallel.sharding import constrain, partitioned
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BEHAVIOR_READOUTS = ("per_step", "per_channel")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omnimouse_jax.train.sharding import partitioned, take_rows
+from omnimouse_jax.parallel.sharding import partitioned, take_rows
 
 _TABLE_INIT = nnx.initializers.normal(0.02)
 

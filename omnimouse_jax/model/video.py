@@ -17,7 +17,7 @@ from flax import nnx
 
 from omnimouse_jax.model.attention import XLA, Kernel
 from omnimouse_jax.model.blocks import TransformerBlock, rematerialized
-from omnimouse_jax.train.sharding import partitioned
+from omnimouse_jax.parallel.sharding import partitioned
 
 # hiera: mask-unit attention blocks (the paper's encoder); convnext: ConvNeXt V2 blocks on each frame's token grid (the
 # official code's alternative encoder, convnextv2_encoder.py): a depthwise spatial convolution, then a GRN-gated MLP.

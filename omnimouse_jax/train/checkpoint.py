@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.faults import ENV as FAULT_ENV, kill_point
+from omnimouse_jax.parallel import _jax_compat
 
 # Replica-parallel saving slices every replicated array per device, one small XLA compile each: seconds of overhead
 # for the many small parameters of a model. Keep it for arrays large enough to gain from parallel writes.
@@ -157,8 +158,8 @@ def keys_to_data(tree):
 
 def data_to_keys(restored, like):
     """Undoes `keys_to_data` where `like` (arrays or ShapeDtypeStructs) holds a typed key."""
-    def impl(x):  # a ShapeDtypeStruct has no key_impl(); its key dtype carries the implementation (jax pinned)
-        return jax.random.key_impl(x) if isinstance(x, jax.Array) else x.dtype._impl
+    def impl(x):  # a ShapeDtypeStruct has no key_impl(); its key dtype carries the implementation
+        return jax.random.key_impl(x) if isinstance(x, jax.Array) else _jax_compat.key_impl_of_dtype(x.dtype)
 
     return jax.tree.map(lambda r, x: jax.random.wrap_key_data(r, impl=impl(x)) if _is_key(x) else r, restored, like)
 

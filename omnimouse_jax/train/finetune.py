@@ -30,30 +30,8 @@ import numpy as np
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.errors import UserError
 
-ACCEPTS_CONFIG_OVERRIDES = True
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "finetune.py"
 SECTIONS = ("train", "checkpoint", "data")  # finetune-config sections laid over the pretrained run's config
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--from", dest="source", required=True, help="pretrained workdir (its newest checkpoint)")
-    parser.add_argument("--data", required=True, help="session store holding the new sessions")
-    parser.add_argument("--sessions", required=True, help="comma-separated names of the new sessions in --data")
-    parser.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it has a checkpoint)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="finetune config file[:arg] with the stage settings (default: the repository's "
-                             "experiments/configs/finetune.py)")
-
-
-def run(args) -> int:
-    from omnimouse_jax.config import load_config
-    from omnimouse_jax.errors import check_directory_target
-
-    check_directory_target(args.workdir, "--workdir")
-    settings = load_config(args.config, getattr(args, "config_overrides", []))
-    names = [n.strip() for n in args.sessions.split(",") if n.strip()]
-    finetune(args.source, args.data, names, args.workdir, settings)
-    return 0
 
 
 # --- layouts --------------------------------------------------------------------------------------------------------
@@ -349,45 +327,3 @@ def finetune_session_class():
             return grow(model)
 
     return FinetuneSession
-
-
-# --- scoring new sessions --------------------------------------------------------------------------------------------
-
-def score_sessions(workdir, sessions=None, *, store=None, split: str = "test", preset: str = "video_behavior",
-                   batch_size: int | None = None) -> dict:
-    """MetricSuite results of the model of `workdir` on `sessions` only (default: the sessions it trained on,
-    config.data.sessions) of `split`, under masking `preset`, from the store it trained on (or `store`). The
-    neural-prediction score is result["response/correlation"]; on digital mice, result["ceiling"] holds the same
-    metrics of the true rates. Unlike `omnimouse evaluate`, the store needs only these sessions."""
-    from omnimouse_jax.data import pipeline
-    from omnimouse_jax.data.store import open_store
-    from omnimouse_jax.evaluate.metrics import MetricSuite
-    from omnimouse_jax.evaluate.regimes import CEILING_FIELD, ModelPredictor, eval_stride
-    from omnimouse_jax.train.restore import load_trained
-
-    trained = load_trained(workdir)
-    config = trained.config
-    if sessions is None:
-        chosen = config.data.get("sessions", "all")
-        sessions = trained.layout.names if chosen == "all" else tuple(chosen)
-    view = SubLayout.of(trained.layout, list(sessions))
-    store = open_store(store or config.data.root)
-    ceiling = all(CEILING_FIELD in store.session(n).extra_fields for n in view.sub.names)
-    T = int(config.model.num_samples)
-    windows = pipeline.EvalWindows(store, view.sub, block=T, max_neurons=int(config.model.max_neurons),
-                                   global_batch=batch_size or int(config.train.batch_size), seed=int(config.seed),
-                                   tier=split, stride=eval_stride([preset], T),
-                                   extra_fields=(CEILING_FIELD,) if ceiling else ())
-    predictor = ModelPredictor(trained, view.apply(windows(0)))
-    suites = {"model": MetricSuite(view.sub), **({"ceiling": MetricSuite(view.sub)} if ceiling else {})}
-    for b in range(len(windows)):
-        host = windows(b)
-        predictions, masks = predictor.fetch(predictor.dispatch(predictor.device_batch(view.apply(host)), preset))
-        suites["model"].update(predictions, host, masks)
-        if ceiling:
-            suites["ceiling"].update({"rates": host[CEILING_FIELD]}, host, masks)
-    result = suites["model"].result()
-    if ceiling:
-        result["ceiling"] = suites["ceiling"].result()
-    result.update(workdir=str(workdir), step=trained.step, sessions=list(view.sub.names), split=split, preset=preset)
-    return result

@@ -46,7 +46,7 @@ class TrainedModel:
 
 def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> TrainedModel:
     """The model of `workdir` at `step` (default: newest readable checkpoint). UserError if there is none."""
-    from omnimouse_jax.train import sharding
+    from omnimouse_jax.parallel import sharding
     from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
     from omnimouse_jax.train.optim import make_optimizer
     from omnimouse_jax.train.session import abstract_state

@@ -28,7 +28,8 @@ from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import combine, loss_fn, loss_sums, target_counts
 from omnimouse_jax.model.omnimouse import (ADDED_OPTIONS, ADDED_VIDEO_OPTIONS, RF_SIZE_MAPPED, OmniMouse,
                                            count_parameters)
-from omnimouse_jax.train import distributed, perf, sharding
+from omnimouse_jax.parallel import distributed, sharding
+from omnimouse_jax.train import perf
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
 from omnimouse_jax.train.logging import MetricsLogger
 from omnimouse_jax.train.optim import make_optimizer

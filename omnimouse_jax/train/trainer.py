@@ -4,7 +4,7 @@
     omnimouse train --compile-only --config experiments/configs/omnimouse.py:size=300M --config.mesh.fsdp=8
     launch/local_multiprocess.sh 2 -- --config ... --workdir W      (or srun, or a TPU pod: one process per host)
 
-Multi-process runs join jax.distributed first (omnimouse_jax.train.distributed: flags, SLURM or Cloud TPU), check
+Multi-process runs join jax.distributed first (omnimouse_jax.parallel.distributed: flags, SLURM or Cloud TPU), check
 that every process runs the same config, and then train as one program over all processes' devices.
 --compile-only plans a run instead: it compiles the train step for the config's mesh on abstract inputs and prints
 per-device memory and FLOPs per step without allocating parameters (on a CPU it fakes the devices the mesh needs;
@@ -21,44 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-
-ACCEPTS_CONFIG_OVERRIDES = True
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="config file[:arg], e.g. experiments/configs/omnimouse.py:size=tiny")
-    parser.add_argument("--workdir", help="run directory: checkpoints, metrics.jsonl, tensorboard/ (required unless "
-                                           "--compile-only)")
-    parser.add_argument("--compile-only", action="store_true",
-                        help="compile the train step for the config's mesh and print per-device memory and FLOPs; "
-                             "allocates no parameters")
-    group = parser.add_argument_group("multi-process runs (SLURM and Cloud TPU are detected without these)")
-    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
-    group.add_argument("--num-processes", type=int, metavar="P", help="number of processes in the run")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 <= I < P")
-    group.add_argument("--init-timeout", type=int, default=300, metavar="S",
-                       help="seconds to wait for the coordinator and every process (default 300)")
-
-
-def run(args) -> int:
-    from omnimouse_jax.config import load_config
-    from omnimouse_jax.errors import UserError, check_directory_target
-    from omnimouse_jax.train import distributed
-
-    if args.compile_only:
-        config = load_config(args.config, getattr(args, "config_overrides", []))
-        print_plan(plan(config))
-        return 0
-    if not args.workdir:
-        raise UserError("--workdir: required (the run directory), unless --compile-only")
-    check_directory_target(args.workdir, "--workdir")
-    group = distributed.detect(args.coordinator, args.num_processes, args.process_id)
-    distributed.initialize(group, timeout_s=args.init_timeout)  # before anything touches a device
-    config = load_config(args.config, getattr(args, "config_overrides", []))
-    check_train_counts(config)
-    distributed.check_same_config(config.to_json_best_effort(), timeout_s=args.init_timeout)
-    train(config, args.workdir)
-    return 0
 
 
 # config.train counts that must be positive integers before anything compiles (eval_every_steps=0 means never).
@@ -82,10 +44,11 @@ def plan(config) -> dict:
     import math
 
     import jax
-    from jax._src import xla_bridge
+
+    from omnimouse_jax.parallel import _jax_compat
 
     sizes = [int(config.mesh.get(axis, 1)) for axis in ("data", "fsdp", "tensor")]
-    if all(size > 0 for size in sizes) and not xla_bridge.backends_are_initialized():
+    if all(size > 0 for size in sizes) and not _jax_compat.backends_are_initialized():
         jax.config.update("jax_num_cpu_devices", math.prod(sizes))
     from omnimouse_jax.train.session import compile_only
 

@@ -68,9 +68,9 @@ def detect(coordinator: str | None = None, num_processes: int | None = None, pro
         return ProcessGroup("flags", coordinator, num_processes, process_id)
     if all(var in environ for var in _SLURM_VARS) and int(environ["SLURM_NTASKS"]) > 1:
         return ProcessGroup("slurm", None, int(environ["SLURM_NTASKS"]), int(environ["SLURM_PROCID"]))
-    from jax._src import cloud_tpu_init  # set when jax was imported on a VM with TPU chips
+    from omnimouse_jax.parallel import _jax_compat
 
-    if getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False):
+    if _jax_compat.running_in_cloud_tpu_vm():
         return ProcessGroup("tpu")
     return None
 
@@ -81,13 +81,14 @@ def initialize(group: ProcessGroup | None, *, timeout_s: int = 300) -> None:
     Must run before any device is used: a backend created earlier would not see the other processes. Raises
     DistributedError naming this process if the coordinator cannot be reached or a peer does not join in time."""
     import jax
-    from jax._src import xla_bridge
+
+    from omnimouse_jax.parallel import _jax_compat
 
     if group is None or jax.distributed.is_initialized():
         return
-    if xla_bridge.backends_are_initialized():
+    if _jax_compat.backends_are_initialized():
         raise RuntimeError("jax.distributed must be initialised before any device is used; call "
-                           "omnimouse_jax.train.distributed.initialize first")
+                           "omnimouse_jax.parallel.distributed.initialize first")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes reach each other over TCP
     if group.coordinator is not None and group.process_id != 0:
         # jaxlib aborts the process (no Python exception) when the coordinator never answers, so probe it first.
@@ -126,9 +127,10 @@ def check_same_config(config_json: str, *, timeout_s: int = 300) -> None:
     Each process publishes its config through the coordinator's key-value store and compares its own with every
     other's; a process that never publishes makes the others fail after `timeout_s`. A no-op in a single process."""
     import jax
-    from jax._src import distributed as jax_distributed
 
-    client = jax_distributed.global_state.client
+    from omnimouse_jax.parallel import _jax_compat
+
+    client = _jax_compat.distributed_client()
     if client is None or jax.process_count() == 1:
         return
     me, count = jax.process_index(), jax.process_count()
