@@ -1,5 +1,11 @@
 """Installs the `omnimouse_jax` package and the `omnimouse` console script."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# experiments/configs, experiments/sweeps and launch/ go to <prefix>/share/omnimouse-jax/ (omnimouse_jax/resources.py),
+# so a non-editable install finds its configs, sweeps and launch scripts.
+SHIPPED = ("experiments/configs", "experiments/sweeps", "launch")
 
 setup(
     name="omnimouse-jax",
@@ -12,5 +18,7 @@ setup(
         "jax", "flax", "optax", "orbax-checkpoint", "grain", "ml-collections", "tensorstore",
         "numpy", "scipy", "matplotlib", "tensorboardX", "pyarrow", "pynwb",
     ],
+    data_files=[(f"share/omnimouse-jax/{d}", sorted(str(p) for p in Path(d).iterdir() if p.is_file()))
+                for d in SHIPPED],
     entry_points={"console_scripts": ["omnimouse=omnimouse_jax.cli:main"]},
 )

@@ -17,7 +17,9 @@ import math
 import time
 from pathlib import Path
 
-SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "scaling_demo.py"
+from omnimouse_jax.resources import shipped
+
+SWEEP_FILE = shipped("experiments/sweeps/scaling_demo.py")
 # The regimes table's quick evaluation, sized to the demo's budget.
 QUICK_EVAL = dict(max_batches=8, train_batches=20, cnn_steps=60)
 

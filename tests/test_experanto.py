@@ -4,7 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from omnimouse_jax import cli, open_store
+from omnimouse_jax import cli
+from omnimouse_jax.data import open_store
 from omnimouse_jax.data.experanto import GAP_PERIODS, _Sequence
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.validate import check_store

@@ -3,7 +3,8 @@ import h5py
 import numpy as np
 import pytest
 
-from omnimouse_jax import cli, open_store
+from omnimouse_jax import cli
+from omnimouse_jax.data import open_store
 from omnimouse_jax.data.nwb import _Signal
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.validate import check_store

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from omnimouse_jax import cli, open_store
+from omnimouse_jax import cli
+from omnimouse_jax.data import open_store
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from sensorium_fixtures import NAME, make_session, zip_session
 

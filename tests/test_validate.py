@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from omnimouse_jax import cli, open_store
+from omnimouse_jax import cli
+from omnimouse_jax.data import open_store
 from omnimouse_jax.data.validate import check_store
 from omnimouse_jax.errors import UserError
 from store_fixtures import write_session

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.resources import shipped
 
 LAUNCHERS = ("local", "slurm", "tpu", "print")
 # eval.json table columns (the paper's results table) -> runs.csv column names.
@@ -373,10 +374,10 @@ def run_local(sweep: Sweep, *, processes: int = 1, log=print) -> dict[str, dict]
 
 
 def launch_dir() -> Path:
-    """The repository's launch/ scripts, which the generated submit scripts call."""
-    directory = Path(__file__).resolve().parents[2] / "launch"
+    """The launch/ scripts (the checkout's, or the installed copy), which the generated submit scripts call."""
+    directory = shipped("launch")
     if not (directory / "slurm.sbatch").is_file():
-        raise UserError(f"{directory}: launch scripts not found; cluster launchers need a clone of the repository")
+        raise UserError(f"{directory}: launch scripts not found; reinstall omnimouse-jax or run from a clone")
     return directory
 
 

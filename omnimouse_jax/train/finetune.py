@@ -29,8 +29,9 @@ import numpy as np
 
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.resources import shipped
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "finetune.py"
+DEFAULT_CONFIG = shipped("experiments/configs/finetune.py")
 SECTIONS = ("train", "checkpoint", "data")  # finetune-config sections laid over the pretrained run's config
 
 
