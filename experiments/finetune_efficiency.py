@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     import jax
 
     from omnimouse_jax.config import load_config, load_config_file
-    from omnimouse_jax.data.store import write_json_atomic
+    from omnimouse_jax.files import write_json_atomic
     from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
     from omnimouse_jax.evaluate.finetune_scores import score_sessions
     from omnimouse_jax.train.finetune import finetune

@@ -81,10 +81,10 @@ def run_demo(out, *, steps: int = 60, processes: int = 2, bootstrap: int = 1000,
     results = {"store": str(out / "store"), "sessions": names, "runs": rows, "failed_runs": failed,
                "fits": made["fits"].to_json(), "verdicts": verdicts, "main_run": main_run and main_run["name"],
                "evaluation": evaluation, "timings": timings}
-    from omnimouse_jax.scaling.sweep import atomic_write
+    from omnimouse_jax.files import write_text_atomic
 
-    atomic_write(out / "results.json", json.dumps(_finite(results), indent=1))
-    atomic_write(out / "report.md", _report(out, rows, made, evaluation, main_run, verdicts, failed, timings))
+    write_text_atomic(out / "results.json", json.dumps(_finite(results), indent=1))
+    write_text_atomic(out / "report.md", _report(out, rows, made, evaluation, main_run, verdicts, failed, timings))
     print(f"done in {timings['total_s']:.0f} s: {out / 'report.md'}")
     for line in verdicts.values():
         print("  " + line)

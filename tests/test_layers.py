@@ -6,7 +6,7 @@
     train/
     model/, data/
     parallel/                sharding, multi-process runtime, every private JAX use (_jax_compat.py)
-    low level                errors, config, faults, interrupts, resources, the package root
+    low level                errors, config, faults, interrupts, resources, files, the package root
 
 Every `import` and `from ... import` in every module counts, including those inside functions: a lazy import is still
 a dependency. Modules of one layer may import each other, but no two modules may import each other, even through
@@ -29,7 +29,7 @@ LAYERS = [
     ("model/data", ("omnimouse_jax.model", "omnimouse_jax.data")),
     ("parallel", ("omnimouse_jax.parallel",)),
     ("low level", ("omnimouse_jax.errors", "omnimouse_jax.config", "omnimouse_jax.faults", "omnimouse_jax.interrupts",
-                   "omnimouse_jax.resources")),
+                   "omnimouse_jax.resources", "omnimouse_jax.files")),
 ]
 LOW = len(LAYERS) - 1
 # The only module allowed to reach into JAX's private modules and attributes.

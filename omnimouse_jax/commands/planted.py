@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from omnimouse_jax.data.store import write_json_atomic
+    from omnimouse_jax.files import write_json_atomic
     from omnimouse_jax.evaluate.report import planted_markdown
     from omnimouse_jax.train.restore import load_trained
 

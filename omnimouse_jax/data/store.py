@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.files import write_json_atomic
 
 STORE_FORMAT = "omnimouse-store"
 SESSION_FORMAT = "omnimouse-session"
@@ -63,16 +64,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Writes JSON to a temporary name, fsyncs, then renames: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: Path, what: str) -> dict:

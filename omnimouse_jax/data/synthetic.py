@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.files import atomic_open
 
 TIERS = ("train", "oracle", "final_test_main")
 LAYOUTS = ("store", "sensorium")
@@ -428,16 +428,8 @@ def _ground_truth_arrays(mouse: DigitalMouse, latents: list[np.ndarray]) -> dict
 
 
 def _save_npz_atomic(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # plain open keeps the umask's permissions
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _histogram_statistics(counts: np.ndarray) -> dict:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.files import AtomicFile, atomic_open, write_json_atomic, write_text_atomic
 from omnimouse_jax.model import masking
 
 GAZE_KEY = "behavior/gaze/correlation"
@@ -461,11 +461,8 @@ class PredictionRecorder:
     def save(self, path: Path) -> None:
         arrays = {k: np.concatenate(v) for k, v in self.parts.items()}
         arrays["behavior_channels"] = np.asarray(BEHAVIOR_CHANNELS)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
 
 
 class SensoriumSubmission:
@@ -486,9 +483,8 @@ class SensoriumSubmission:
         self.schema = pa.schema([("mouse", pa.string()), ("trial_indices", pa.int64()),
                                  ("prediction", pa.list_(pa.list_(pa.float32()))),
                                  ("neuron_ids", pa.list_(pa.int64()))])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.out = AtomicFile(self.path, "wb")
+        self.writer = pq.ParquetWriter(self.out.file, self.schema)
         self.pending: dict[tuple[int, int], np.ndarray] = {}  # (session, trial source index) -> (neurons, samples)
         self.rows = 0
 
@@ -529,11 +525,11 @@ class SensoriumSubmission:
     def close(self) -> None:
         self._flush()
         self.writer.close()
-        os.replace(self.tmp, self.path)
+        self.out.commit()
 
     def abort(self) -> None:
         self.writer.close()
-        self.tmp.unlink(missing_ok=True)
+        self.out.discard()
 
 
 # --- results ----------------------------------------------------------------------------------------------------------
@@ -566,13 +562,6 @@ def paper_table(regimes: Mapping[str, dict], rows: Sequence[str]) -> tuple[dict,
     return table, fractions, {c: list(v) for c, v in PAPER_COLUMNS.items()}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --- the runner -------------------------------------------------------------------------------------------------------
 
 def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: Sequence[str] = BASELINES,
@@ -591,7 +580,7 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     UserError for a workdir without a checkpoint, an unknown or unfitting regime, or a split without trials."""
     import jax
 
-    from omnimouse_jax.data.store import open_store, write_json_atomic
+    from omnimouse_jax.data.store import open_store
     from omnimouse_jax.evaluate.report import markdown
     from omnimouse_jax.train.restore import config_from_json, load_trained
 
@@ -705,7 +694,7 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)  # checked creatable before the work (report.run)
         write_json_atomic(Path(out), result)
-        _write_text_atomic(Path(out).with_suffix(".md"), markdown(result))
+        write_text_atomic(Path(out).with_suffix(".md"), markdown(result))
     return result
 
 

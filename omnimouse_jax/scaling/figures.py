@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.scaling.sweep import METRIC_COLUMNS, RUN_COLUMNS, atomic_write
+from omnimouse_jax.files import write_text_atomic
+from omnimouse_jax.scaling.sweep import METRIC_COLUMNS, RUN_COLUMNS
 
 FORMATS = ("png", "svg")
 FORM_CHOICES = ("auto", "chinchilla", "power")
@@ -483,7 +484,7 @@ def make_figures(sweep_dir, out, *, y: str = "val_loss", form: str = "auto", boo
             "## Runs", "", runs_table(rows), "", "## Fits", "", *_fit_lines(fits), "", "## Figures", ""]
     text += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     table = out / "scaling.md"
-    atomic_write(table, "\n".join(text) + "\n")
+    write_text_atomic(table, "\n".join(text) + "\n")
     fits_json = out / "fits.json"
-    atomic_write(fits_json, json.dumps(fits.to_json(), indent=1))
+    write_text_atomic(fits_json, json.dumps(fits.to_json(), indent=1))
     return {"figures": figures, "table": table, "fits_json": fits_json, "fits": fits}

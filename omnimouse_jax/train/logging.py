@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
+
+from omnimouse_jax.files import write_text_atomic
 
 
 def _plain(value):
@@ -47,9 +48,7 @@ class MetricsLogger:
                 continue  # a line cut short by a crash
             if record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict) -> None:
         """Appends one record (must hold `step`) to metrics.jsonl and TensorBoard."""

@@ -22,7 +22,8 @@ from flax import nnx
 from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
-from omnimouse_jax.data.store import write_json_atomic, open_store
+from omnimouse_jax.data.store import open_store
+from omnimouse_jax.files import write_json_atomic
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import combine, loss_fn, loss_sums, target_counts
