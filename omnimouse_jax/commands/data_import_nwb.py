@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from omnimouse_jax.data import nwb
-from omnimouse_jax.data.experanto import INTERPOLATIONS
+from omnimouse_jax.data.importing import INTERPOLATIONS
 from omnimouse_jax.errors import check_directory_target
 
 

@@ -43,13 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from omnimouse_jax.data.importing import INTERPOLATIONS, Pieces, already_imported, covered_runs, with_pupil_derivative
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
 
 SEQUENCE_DEVICES = ("responses", "eye_tracker", "treadmill")
 DEVICES = ("screen", *SEQUENCE_DEVICES)
-INTERPOLATIONS = ("nearest", "linear")
 GAP_PERIODS = 1.5  # consecutive device samples further apart than this many periods bound a gap
 EYE_TRACKER_COLUMNS = ("pupil_dilation", "pupil_x", "pupil_y")
 STIMULUS_ID_KEYS = ("condition_hash", "stimulus_id", "clip_id")
@@ -377,29 +377,21 @@ def _video_id(stimulus_id: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) of each run of True in `mask`."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
-
-
 def import_session(source: _Source, out, interpolation: str = "nearest", replace: bool = False, log=print) -> bool:
     """Imports one checked source session into store `out`; False if already there and `replace` is off."""
-    from omnimouse_jax.data.store import SessionWriter, session_exists
+    from omnimouse_jax.data.store import SessionWriter
 
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
-    if not replace and session_exists(out, source.name):
-        log(f"{source.name}: already in {out}, skipped (use --replace to rewrite it)")
+    if already_imported(out, source.name, replace, log):
         return False
     t0 = time.perf_counter()
     resp, eye, tread = (source.devices[d] for d in SEQUENCE_DEVICES)
     all_neurons = np.arange(resp.data.shape[1])
 
-    next_index = max(c.key for c in source.clips) + 1
     dropped = Counter()           # clips not stored, by reason
     uncovered = Counter()         # grid samples a device does not cover (in stored clips)
-    splits, pieces, tiers = {}, {}, Counter()
+    splits = {}
     provenance = {
         "source": str(source.folder), "format": "experanto", "interpolation": interpolation,
         "grid": "screen frame timestamps; frames shown longer held every 1/30 s",
@@ -412,6 +404,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                        frame_shape=source.frame_shape, behavior_channels=list(BEHAVIOR_CHANNELS),
                        sampling_rate=SAMPLING_RATE, unit_ids=source.unit_ids, coordinates=source.coordinates,
                        provenance=provenance, replace=replace) as writer:
+        pieces = Pieces(writer, next_index=max(c.key for c in source.clips) + 1, origin="clip")
         for clip in source.clips:
             if not source.stored(clip):
                 reason = (clip.modality if clip.modality not in STORED_MODALITIES
@@ -425,7 +418,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
             ok_resp &= ~np.isnan(responses).any(axis=1)
             for name, ok in (("responses", ok_resp), ("eye_tracker", ok_eye), ("treadmill", ok_tread)):
                 uncovered[name] += int((~ok).sum())
-            runs = _runs(ok_resp & ok_eye & ok_tread)
+            runs = covered_runs(ok_resp & ok_eye & ok_tread)
             if len(runs) != 1 or runs[0] != (0, len(t_S)):
                 splits[str(clip.key)] = {"samples": len(t_S), "kept": [list(r) for r in runs]}
             if not runs:
@@ -433,25 +426,20 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
             frames = np.load(clip.data_path, mmap_mode="r", allow_pickle=False)
             frames = frames.reshape(clip.n_frames, *source.frame_shape)
             for piece, (a, b) in enumerate(runs):
-                index = clip.key if piece == 0 else next_index
-                if piece:
-                    pieces[str(index)] = {"clip": clip.key, "first_sample": a}
-                    next_index += 1
                 behavior = np.empty((b - a, len(BEHAVIOR_CHANNELS)), np.float32)
                 behavior[:, 0] = eye_SxC[a:b, 0]
                 behavior[:, 1] = speed_Sx1[a:b, 0]
                 behavior[:, 2:4] = eye_SxC[a:b, 1:3]
-                # Per trial, so the derivative never crosses a trial boundary; units of dilation per second.
-                behavior[:, 4] = np.gradient(behavior[:, 0]) * SAMPLING_RATE if b - a > 1 else 0.0
-                writer.add_trial(responses=responses[a:b], video=np.asarray(frames[frame_S[a:b]]),
-                                 behavior=behavior, pupil_center=behavior[:, 2:4], tier=clip.tier,
-                                 video_id=None if clip.stimulus_id is None else _video_id(clip.stimulus_id),
-                                 source_index=index)
-                tiers[clip.tier] += 1
+                behavior = with_pupil_derivative(behavior)
+                pieces.add(clip.key, piece, a, clip.tier, responses=responses[a:b],
+                           video=np.asarray(frames[frame_S[a:b]]), behavior=behavior,
+                           pupil_center=behavior[:, 2:4],
+                           video_id=None if clip.stimulus_id is None else _video_id(clip.stimulus_id))
+        tiers = pieces.tiers
         if not tiers:
             raise UserError(f"{source.folder}: no clip has a sample covered by every device; nothing to import")
         writer.provenance.update({"dropped_clips": dict(dropped), "uncovered_samples": dict(uncovered),
-                                  "split_clips": splits, "extra_pieces": pieces})
+                                  "split_clips": splits, "extra_pieces": pieces.extra})
     seconds = time.perf_counter() - t0
     n_bytes = source.source_bytes
     counts = ", ".join(f"{k} {v}" for k, v in sorted(tiers.items()))

@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omnimouse_jax.data.experanto import GAP_PERIODS, INTERPOLATIONS, TIER_ALIASES, _runs
+from omnimouse_jax.data.experanto import GAP_PERIODS, TIER_ALIASES
+from omnimouse_jax.data.importing import INTERPOLATIONS, Pieces, already_imported, covered_runs, with_pupil_derivative
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
@@ -470,16 +471,14 @@ def _behavior(source: _Source, t_S: np.ndarray, mode: str, uncovered: Counter) -
 
 def import_session(source: _Source, out, interpolation: str = "nearest", replace: bool = False, log=print) -> bool:
     """Imports one checked NWB source into store `out`; False if already there and `replace` is off."""
-    from omnimouse_jax.data.store import SessionWriter, session_exists
+    from omnimouse_jax.data.store import SessionWriter
 
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
-    if not replace and session_exists(out, source.name):
-        log(f"{source.name}: already in {out}, skipped (use --replace to rewrite it)")
+    if already_imported(out, source.name, replace, log):
         return False
     t0 = time.perf_counter()
-    next_index = max(t.index for t in source.trials) + 1
-    dropped, uncovered, splits, pieces, tiers = Counter(), Counter(), {}, {}, Counter()
+    dropped, uncovered, splits = Counter(), Counter(), {}
     provenance = {
         "source": str(source.path), "format": "nwb", "interpolation": interpolation, "chosen": source.chosen,
         "trials_from": source.trial_source, "gap_periods": GAP_PERIODS, "identifier": source.nwbfile.identifier,
@@ -490,6 +489,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                        frame_shape=source.stimulus.frame_shape, behavior_channels=list(BEHAVIOR_CHANNELS),
                        sampling_rate=SAMPLING_RATE, unit_ids=source.unit_ids, provenance=provenance,
                        replace=replace) as writer:
+        pieces = Pieces(writer, next_index=max(t.index for t in source.trials) + 1, origin="trial")
         for trial in source.trials:
             if trial.tier is None:
                 dropped["no tier"] += 1
@@ -508,7 +508,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                 ok &= covered
                 parts.append(values)
             responses = np.concatenate(parts, axis=1)
-            runs = _runs(ok)
+            runs = covered_runs(ok)
             if runs != [(0, len(t_S))]:
                 splits[str(trial.index)] = {"samples": len(t_S), "kept": [list(r) for r in runs]}
             if not runs:
@@ -516,21 +516,16 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                 continue
             behavior = _behavior(source, t_S, interpolation, uncovered)
             for piece, (a, b) in enumerate(runs):
-                index = trial.index if piece == 0 else next_index
-                if piece:
-                    pieces[str(index)] = {"trial": trial.index, "first_sample": a}
-                    next_index += 1
-                # Per piece, so the derivative never crosses a trial boundary.
-                behavior_piece = _behavior_piece(behavior[a:b])
-                writer.add_trial(responses=responses[a:b], video=source.stimulus.frames(p_S[a:b]),
-                                 behavior=behavior_piece, pupil_center=behavior_piece[:, 2:4], tier=trial.tier,
-                                 source_index=index)
-                tiers[trial.tier] += 1
+                behavior_piece = with_pupil_derivative(behavior[a:b])
+                pieces.add(trial.index, piece, a, trial.tier, responses=responses[a:b],
+                           video=source.stimulus.frames(p_S[a:b]), behavior=behavior_piece,
+                           pupil_center=behavior_piece[:, 2:4])
+        tiers = pieces.tiers
         if not tiers:
             raise UserError(f"{source.path}: no trial has a sample covered by the stimulus and every response series; "
                             "nothing to import")
         writer.provenance.update({"dropped_trials": dict(dropped), "uncovered_samples": dict(uncovered),
-                                  "split_trials": splits, "extra_pieces": pieces})
+                                  "split_trials": splits, "extra_pieces": pieces.extra})
     seconds = time.perf_counter() - t0
     n_bytes = source.path.stat().st_size
     chosen = "; ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in source.chosen.items())
@@ -541,13 +536,6 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
         f"{', '.join(f'{v} {k}' for k, v in sorted(dropped.items())) or 'none'}; {len(splits)} trials split or "
         f"trimmed; {n_bytes / 1e6:.1f} MB in {seconds:.1f} s ({n_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
     return True
-
-
-def _behavior_piece(behavior_SxC: np.ndarray) -> np.ndarray:
-    """A copy with the pupil dilation derivative (units per second) computed within the piece only."""
-    piece = behavior_SxC.copy()
-    piece[:, 4] = np.gradient(piece[:, 0]) * SAMPLING_RATE if len(piece) > 1 else 0.0
-    return piece
 
 
 def find_files(paths) -> list[Path]:
