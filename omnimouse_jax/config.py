@@ -28,16 +28,23 @@ def load_python_file(path: Path):
     return module
 
 
+def call_file_function(spec: str, function: str, kind: str):
+    """(path, result) of calling `function(arg)` (or `function()` without an arg) in the file of `spec` =
+    'path/to/file.py[:arg]'; UserError naming the file if it is missing or lacks the function. `kind` names the file
+    in the error ("config", "sweep")."""
+    text, _, arg = spec.partition(":")
+    path = Path(text)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file; expected a Python {kind} file with {function}(arg)")
+    module = load_python_file(path)
+    if not hasattr(module, function):
+        raise UserError(f"--config {path}: defines no {function}(arg)")
+    return path, getattr(module, function)(arg) if arg else getattr(module, function)()
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Runs `get_config(arg)` of the file in `spec` = 'path/to/file.py[:arg]'."""
-    path, _, arg = spec.partition(":")
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--config {path}: no such file; expected a Python config file with get_config(arg)")
-    module = load_python_file(file)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"--config {path}: defines no get_config(arg)")
-    config = module.get_config(arg) if arg else module.get_config()
+    path, config = call_file_function(spec, "get_config", "config")
     if not isinstance(config, ml_collections.ConfigDict):
         raise UserError(f"--config {path}: get_config returned {type(config).__name__}, expected a ConfigDict")
     return config

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from omnimouse_jax.data.importing import Pieces, covered_runs, with_pupil_derivative
+from omnimouse_jax.data.importing import Pieces, check_sample_times, covered_runs, with_pupil_derivative
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
+from omnimouse_jax.errors import UserError
 
 
 def test_covered_runs_by_hand():
@@ -42,3 +44,12 @@ def test_pupil_derivative_is_per_second_and_within_the_piece():
     np.testing.assert_allclose(piece[:, 4], expected)
     assert behavior[:, 4].sum() == 0  # a copy: the input is untouched
     assert with_pupil_derivative(behavior[:1])[0, 4] == 0.0  # a single sample has no derivative
+
+
+def test_sample_times_must_be_finite_and_increasing():
+    t = np.array([0.0, 0.1, 0.2, 0.3])
+    assert check_sample_times(t, "x") is t
+    with pytest.raises(UserError, match=r"^dev/times: timestamps not increasing at index 2 \(0.1 then 0.1\)"):
+        check_sample_times(np.array([0.0, 0.1, 0.1, 0.3]), "dev/times")
+    with pytest.raises(UserError, match="^dev/times: timestamps have NaN or infinite values"):
+        check_sample_times(np.array([0.0, np.nan, 0.2]), "dev/times")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from omnimouse_jax.data import experanto
+from omnimouse_jax.data.importing import INTERPOLATIONS
 from omnimouse_jax.errors import check_directory_target
 
 
@@ -12,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", nargs="+", help="experanto session folder (screen/, responses/, eye_tracker/, "
                                                "treadmill/) or a folder holding several")
     parser.add_argument("--out", required=True, help="session store directory (created if missing)")
-    parser.add_argument("--interpolation", choices=experanto.INTERPOLATIONS, default="nearest",
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="nearest",
                         help="resampling onto the 30 Hz grid (default nearest: exact source values, as the paper's "
                              "loader; linear blends the two bracketing samples)")
     parser.add_argument("--replace", action="store_true",

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omnimouse_jax.data.importing import INTERPOLATIONS, Pieces, already_imported, covered_runs, with_pupil_derivative
+from omnimouse_jax.data.importing import (Pieces, check_sample_times, covered_runs, should_import,
+                                         with_pupil_derivative)
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
@@ -88,13 +89,7 @@ def _timestamps(path: Path, n: int | None = None) -> np.ndarray:
     if t.ndim != 1 or len(t) < 2 or (n is not None and len(t) != n):
         want = f"{n} timestamps (n_timestamps in meta.yml)" if n is not None else "at least 2 timestamps"
         raise UserError(f"{path}: shape {t.shape}; expected a 1-d array of {want}")
-    if not np.isfinite(t).all():
-        raise UserError(f"{path}: has NaN or infinite values; expected finite times in seconds")
-    bad = np.flatnonzero(np.diff(t) <= 0)
-    if len(bad):
-        raise UserError(f"{path}: timestamps not increasing at index {bad[0] + 1} ({t[bad[0]]!r} then "
-                        f"{t[bad[0] + 1]!r}); expected strictly increasing times")
-    return t
+    return check_sample_times(t, str(path))
 
 
 def _meta_key(meta: dict, key: str, path: Path, kind, default=None):
@@ -381,9 +376,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
     """Imports one checked source session into store `out`; False if already there and `replace` is off."""
     from omnimouse_jax.data.store import SessionWriter
 
-    if interpolation not in INTERPOLATIONS:
-        raise UserError(f"interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
-    if already_imported(out, source.name, replace, log):
+    if not should_import(out, source.name, interpolation, replace, log):
         return False
     t0 = time.perf_counter()
     resp, eye, tread = (source.devices[d] for d in SEQUENCE_DEVICES)

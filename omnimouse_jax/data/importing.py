@@ -12,19 +12,34 @@ from collections import Counter
 import numpy as np
 
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
+from omnimouse_jax.errors import UserError
 
 INTERPOLATIONS = ("nearest", "linear")
 PUPIL_DILATION, PUPIL_DERIVATIVE = 0, 4  # columns of BEHAVIOR_CHANNELS
 
 
-def already_imported(out, name: str, replace: bool, log) -> bool:
-    """True, and says so, when session `name` is in store `out` and `replace` is off."""
+def should_import(out, name: str, interpolation: str, replace: bool, log) -> bool:
+    """False, and says so, when session `name` is already in store `out` and `replace` is off; UserError for an
+    unknown interpolation."""
     from omnimouse_jax.data.store import session_exists
 
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(f"interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
     if not replace and session_exists(out, name):
         log(f"{name}: already in {out}, skipped (use --replace to rewrite it)")
-        return True
-    return False
+        return False
+    return True
+
+
+def check_sample_times(t: np.ndarray, where: str) -> np.ndarray:
+    """`t` if finite and strictly increasing; else UserError naming `where` and the first bad index."""
+    if not np.isfinite(t).all():
+        raise UserError(f"{where}: timestamps have NaN or infinite values; expected finite times in seconds")
+    bad = np.flatnonzero(np.diff(t) <= 0)
+    if len(bad):
+        raise UserError(f"{where}: timestamps not increasing at index {bad[0] + 1} ({float(t[bad[0]])!r} then "
+                        f"{float(t[bad[0] + 1])!r}); expected strictly increasing times")
+    return t
 
 
 def covered_runs(mask: np.ndarray) -> list[tuple[int, int]]:

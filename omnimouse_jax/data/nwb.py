@@ -52,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.data.experanto import GAP_PERIODS, TIER_ALIASES
-from omnimouse_jax.data.importing import INTERPOLATIONS, Pieces, already_imported, covered_runs, with_pupil_derivative
+from omnimouse_jax.data.importing import (INTERPOLATIONS, Pieces, check_sample_times, covered_runs, should_import,
+                                         with_pupil_derivative)
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
@@ -151,13 +152,7 @@ def _series_times(series, n: int, where: str) -> np.ndarray:
         t = float(series.starting_time or 0.0) + np.arange(n) / float(series.rate)
     else:
         raise UserError(f"{where}: neither timestamps nor a positive rate; expected sample times")
-    if not np.isfinite(t).all():
-        raise UserError(f"{where}: timestamps have NaN or infinite values; expected finite times in seconds")
-    bad = np.flatnonzero(np.diff(t) <= 0)
-    if len(bad):
-        raise UserError(f"{where}: timestamps not increasing at index {bad[0] + 1} ({float(t[bad[0]])!r} then "
-                        f"{float(t[bad[0] + 1])!r}); expected strictly increasing times")
-    return t
+    return check_sample_times(t, where)
 
 
 def _to_gray(frames: np.ndarray) -> np.ndarray:
@@ -473,9 +468,7 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
     """Imports one checked NWB source into store `out`; False if already there and `replace` is off."""
     from omnimouse_jax.data.store import SessionWriter
 
-    if interpolation not in INTERPOLATIONS:
-        raise UserError(f"interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
-    if already_imported(out, source.name, replace, log):
+    if not should_import(out, source.name, interpolation, replace, log):
         return False
     t0 = time.perf_counter()
     dropped, uncovered, splits = Counter(), Counter(), {}

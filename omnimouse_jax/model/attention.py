@@ -8,6 +8,7 @@ Masks are only ever per key (B, S): a local window is realised by gathering neig
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +137,12 @@ def local_attention(
     return attend(q, k_loc, v_loc, valid_loc, bias, kernel)
 
 
+def projection(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """A bias-free linear map with float32 parameters, computed in `dtype`, its kernel sharded over `axes`."""
+    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=partitioned(nnx.initializers.lecun_normal(), *axes), rngs=rngs)
+
+
 class Attention(nnx.Module):
     """Multi-head projections with QK RMSNorm and rotary time; the attention pattern is left to the caller."""
 
@@ -143,9 +150,7 @@ class Attention(nnx.Module):
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.omega = None if omega is None else tuple(float(w) for w in omega)  # static, not state
-        dense = lambda d_in, d_out, axes: nnx.Linear(  # noqa: E731
-            d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-            kernel_init=partitioned(nnx.initializers.lecun_normal(), *axes), rngs=rngs)
+        dense = functools.partial(projection, dtype=dtype, rngs=rngs)
         self.query = dense(d_model, d_model, ("embed", "heads"))
         self.key = dense(d_model, d_model, ("embed", "heads"))
         self.value = dense(d_model, d_model, ("embed", "heads"))

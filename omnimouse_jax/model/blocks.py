@@ -1,12 +1,14 @@
 """Pre-norm transformer blocks: RMSNorm, attention, SiLU-gated feed-forward."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omnimouse_jax.model.attention import XLA, Attention, Kernel, attend
+from omnimouse_jax.model.attention import XLA, Attention, Kernel, attend, projection
 from omnimouse_jax.parallel.sharding import partitioned
 
 
@@ -34,9 +36,7 @@ class FeedForward(nnx.Module):
 
     def __init__(self, d_model: int, mult: float, *, dtype, rngs: nnx.Rngs):
         hidden = 16 * int(np.ceil(mult * d_model / 16))
-        dense = lambda d_in, d_out, axes: nnx.Linear(  # noqa: E731
-            d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-            kernel_init=partitioned(nnx.initializers.lecun_normal(), *axes), rngs=rngs)
+        dense = functools.partial(projection, dtype=dtype, rngs=rngs)
         self.gate = dense(d_model, hidden, ("embed", "mlp"))
         self.up = dense(d_model, hidden, ("embed", "mlp"))
         self.down = dense(hidden, d_model, ("mlp", "embed"))

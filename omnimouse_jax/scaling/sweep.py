@@ -138,16 +138,9 @@ def load_sweep(spec: str, workdir, overrides=(), evaluate: bool | None = None) -
     `overrides` ((key, text) pairs) apply to every run after the file's own; they are checked against each run's
     config now, so a typo fails before anything runs. `evaluate` overrides the file's `evaluate` setting.
     """
-    path_text, _, arg = spec.partition(":")
-    path = Path(path_text)
-    if not path.is_file():
-        raise UserError(f"--config {path}: no such file; expected a Python sweep file with get_sweep(arg)")
-    from omnimouse_jax.config import load_python_file
+    from omnimouse_jax.config import call_file_function
 
-    module = load_python_file(path)
-    if not hasattr(module, "get_sweep"):
-        raise UserError(f"--config {path}: defines no get_sweep(arg)")
-    doc = module.get_sweep(arg) if arg else module.get_sweep()
+    path, doc = call_file_function(spec, "get_sweep", "sweep")
     if hasattr(doc, "to_dict"):
         doc = doc.to_dict()
     where = f"{path}: get_sweep"
