@@ -821,18 +821,10 @@ def _regime_entry(scores: dict[str, dict]) -> dict:
 def _checkpoint_meta(workdir: Path, step: int | None) -> dict | None:
     """The metadata saved with the newest (or `step`'s) checkpoint, read without building the model; None when there
     is no such checkpoint."""
-    from omnimouse_jax.train.checkpoint import Checkpointer
+    from omnimouse_jax.train.checkpoint import saved_record
 
-    if not (workdir / "checkpoints").is_dir():
-        return None
-    checkpointer = Checkpointer(workdir / "checkpoints", use_async=False)
-    try:
-        steps = checkpointer.steps()
-        if not steps or (step is not None and step not in steps):
-            return None
-        return checkpointer.read_meta(step)[1]
-    finally:
-        checkpointer.close()
+    record = saved_record(workdir / "checkpoints", step)
+    return None if record is None else record[1]
 
 
 def _load_specialized(workdirs: Mapping[str, str], main, presets: Sequence[str], example) -> dict:

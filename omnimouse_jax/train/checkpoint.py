@@ -128,6 +128,21 @@ class Checkpointer:
         self.manager.close()
 
 
+def saved_record(directory: Path, step: int | None = None) -> tuple[int, dict] | None:
+    """(step, record) of `step`'s checkpoint in `directory`, or of the newest readable one: the run's config and
+    layout, read without building a model. None when the directory holds no checkpoint (or none at `step`)."""
+    if not Path(directory).is_dir():
+        return None
+    checkpointer = Checkpointer(directory, use_async=False)
+    try:
+        steps = checkpointer.steps()
+        if not steps or (step is not None and step not in steps):
+            return None
+        return checkpointer.read_meta(step)
+    finally:
+        checkpointer.close()
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

@@ -171,17 +171,14 @@ def finetune_optimizer(optim_cfg, stages, first_new_row: dict[str, int]):
 
 def _pretrained_meta(source: Path) -> dict:
     """The newest checkpoint's record (config, layout) of a pretrained workdir, without touching the workdir."""
-    from omnimouse_jax.train.checkpoint import Checkpointer
+    from omnimouse_jax.train.checkpoint import saved_record
 
     directory = source / "checkpoints"
-    if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+    record = saved_record(directory)
+    if record is None:
         raise UserError(f"--from {source}: no checkpoint in {directory}; expected a trained workdir "
                         f"(omnimouse train --workdir {source} ...)")
-    checkpointer = Checkpointer(directory, use_async=False)
-    try:
-        return checkpointer.read_meta()[1]
-    finally:
-        checkpointer.close()
+    return record[1]
 
 
 def run_config(pretrained_config: dict, settings, store_root, names, source):
@@ -257,17 +254,10 @@ def finetune(source, store_root, sessions, workdir, settings=None) -> dict:
 
 def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
     """UserError if workdir's newest checkpoint holds a layout other than `layout` (another run's workdir)."""
-    from omnimouse_jax.train.checkpoint import Checkpointer
+    from omnimouse_jax.train.checkpoint import saved_record
 
-    directory = workdir / "checkpoints"
-    if not directory.is_dir():
-        return
-    checkpointer = Checkpointer(directory, use_async=False)
-    try:
-        saved = (None if checkpointer.latest_step() is None
-                 else SessionLayout.from_dict(checkpointer.read_meta()[1]["layout"]))
-    finally:
-        checkpointer.close()
+    record = saved_record(workdir / "checkpoints")
+    saved = None if record is None else SessionLayout.from_dict(record[1]["layout"])
     if saved is not None and saved != layout:
         raise UserError(f"--workdir {workdir}: holds a run with sessions {list(saved.names)}, not the fine-tune of "
                         f"{list(layout.names)} asked for; use a new workdir")
