@@ -38,6 +38,15 @@ def replayable(batches: Iterable[Mapping[str, np.ndarray]]) -> Iterable[Mapping[
     return batches
 
 
+def ridge_solve(cxx: np.ndarray, cxy: np.ndarray, alpha: float) -> np.ndarray:
+    """(cxx + lambda I)^-1 cxy for feature covariance cxx and feature-target covariance cxy, with lambda = alpha x the
+    mean feature variance, so that one grid of alphas serves features of any scale."""
+    d = len(cxx)
+    trace = np.trace(cxx)
+    scale = trace / d if d and trace > 0 else 1.0
+    return np.linalg.solve(cxx + alpha * scale * np.eye(d), cxy)
+
+
 class RidgeStats:
     """Sufficient statistics of a multi-output linear regression with an unpenalized intercept: sums of z z^T and
     z y^T for z = [x, 1], and of y^2, in float64."""
@@ -69,9 +78,7 @@ class RidgeStats:
         mx, my = self.zz[:-1, -1] / n, self.zy[-1] / n
         cxx = self.zz[:-1, :-1] / n - np.outer(mx, mx)
         cxy = self.zy[:-1] / n - np.outer(mx, my)
-        d = len(mx)
-        scale = np.trace(cxx) / d if d and np.trace(cxx) > 0 else 1.0
-        w = np.linalg.solve(cxx + alpha * scale * np.eye(d), cxy)
+        w = ridge_solve(cxx, cxy, alpha)
         return np.vstack([w, my - mx @ w])
 
     def sse(self, theta: np.ndarray) -> float:

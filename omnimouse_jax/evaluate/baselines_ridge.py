@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from omnimouse_jax.evaluate.baselines import (ALPHAS, DEFAULT_ALPHA, MIN_RATE, MeanBaseline, RidgeStats, fit_ridge,
-                                              held_out, replayable)
+                                              held_out, replayable, ridge_solve)
 
 
 def _real_slots(batch, b) -> np.ndarray:
@@ -112,9 +112,7 @@ def _moment(total: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def _ridge_weights(cov, v, h, alpha) -> np.ndarray:
-    c_vv = cov[np.ix_(v, v)]
-    scale = max(np.trace(c_vv) / len(v), 1e-12)
-    return np.linalg.solve(c_vv + alpha * scale * np.eye(len(v)), cov[np.ix_(v, h)])
+    return ridge_solve(cov[np.ix_(v, v)], cov[np.ix_(v, h)], alpha)
 
 
 def _split_error(cov_t, m_v, v, h, alpha) -> float:

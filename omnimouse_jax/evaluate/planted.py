@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.evaluate.baselines import RidgeStats
 
 # name -> how to read it from a ground-truth npz (one value per neuron)
 PARAMETERS = {
@@ -34,11 +35,13 @@ MIN_NEURONS = 4 * FOLDS  # nested folds: the inner ones need a few neurons each
 
 
 def _ridge_predict(x_train, y_train, x_test, alpha):
-    """Ridge on z-scored features with an unpenalized intercept; penalty alpha x len(y_train)."""
+    """Ridge on z-scored features with an unpenalized intercept (penalty alpha per sample, z-scored features having
+    unit mean variance)."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-12
-    xt, xs = (x_train - mu) / sd, (x_test - mu) / sd
-    w = np.linalg.solve(xt.T @ xt + alpha * len(y_train) * np.eye(xt.shape[1]), xt.T @ (y_train - y_train.mean()))
-    return xs @ w + y_train.mean()
+    stats = RidgeStats(x_train.shape[1], 1)
+    stats.add((x_train - mu) / sd, y_train[:, None])
+    theta = stats.solve(alpha)
+    return ((x_test - mu) / sd) @ theta[:-1, 0] + theta[-1, 0]
 
 
 def _fold_ids(n, folds, rng):
