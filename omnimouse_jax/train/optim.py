@@ -4,7 +4,6 @@ accumulation."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -26,17 +25,14 @@ def schedule(peak_lr: float, cfg: ml_collections.ConfigDict, total_steps: int) -
     kind = cfg.get("schedule", "constant")
     if kind not in SCHEDULES:
         raise UserError(f"config.optim.schedule={kind!r}: expected one of {SCHEDULES}")
-    final = peak_lr * float(cfg.get("final_lr_fraction", 0.0))
-    decay_steps = max(total_steps - warmup, 1)
-
-    def lr(count):
-        ramp = jnp.minimum(1.0, (count + 1) / max(warmup, 1))
-        if kind == "constant":
-            return peak_lr * ramp
-        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
-        return jnp.where(count < warmup, peak_lr * ramp, final + (peak_lr - final) * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
-
-    return lr
+    final_fraction = float(cfg.get("final_lr_fraction", 0.0))
+    after = (optax.constant_schedule(peak_lr) if kind == "constant"
+             else optax.cosine_decay_schedule(peak_lr, max(total_steps - warmup, 1), alpha=final_fraction))
+    if warmup == 0:
+        return after
+    ramp = (optax.linear_schedule(peak_lr / warmup, peak_lr, warmup - 1) if warmup > 1
+            else optax.constant_schedule(peak_lr))
+    return optax.join_schedules([ramp, after], [warmup])
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, dict]:
