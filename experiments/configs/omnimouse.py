@@ -88,15 +88,14 @@ def model_config(size: str) -> ml_collections.ConfigDict:
                  readout_gain=True, video_factorized_readout=True)
     if size == "tiny":
         # With the factorized readout carrying the stimulus, the decoder's video keys (and their prior) and local
-        # layers reaching the neighbouring bins add nothing measurable at tiny's budget and cost 27% of its step
-        # (docs/fidelity.md, rows 1 and 5); `test` keeps them so that every path stays exercised.
+        # layers reaching the neighbouring bins add nothing measurable at tiny's budget and cost a quarter of its
+        # step (docs/fidelity.md, rows 1 and 5); `test` keeps them so that every path stays exercised.
         model.update(decoder_video_keys=False, video_readout_prior="none", decoder_video_attention="joint",
                      local_window_bins=0)
-        # 128 neurons per example: a step costs 0.63 s instead of 0.99 s at 256 on 2 cores, and the paper's regimes
-        # (64 visible + 64 held out) still fit.
+        # 128 neurons per example: a much cheaper step, and the paper's regimes (64 visible + 64 held out) still fit.
         # Softplus(beta=1) readout: responses arrive divided by their std (mean ~0.4), where Softplus(0.1)/0.1 has
         # slope 0.04, so the readout's weights must grow ~25x before rates can move; at beta 1 the slope is 0.34.
-        # Measured on 3 digital mice after 300 steps: validation loss 0.795 (beta 1) vs 0.814 (beta 0.1).
+        # Both measured in docs/evaluation.md, "How the training budget was chosen for tiny".
         model.softplus_beta = 1.0
         model.update(num_neuron_rows=2048, num_sessions=8, num_animals=4, max_neurons=128, d_model=64, num_heads=4,
                      num_layers=2, d_neuron_embed=32, latents_per_bin=16, num_global_latents=16)
@@ -147,7 +146,7 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100 if cpu else 5000, keep=3, use_async=True))
     # AdamW as in the paper; per-session parameters (neuron/session/animal tables) get their own lr and decay.
     # tiny: a 0.4M-parameter model on a CPU budget of a few hundred steps takes (and needs) a larger step than the
-    # paper's 7e-4; on 3 digital mice, 300 steps at 2e-3 reach forecast correlation 0.159 where 7e-4 reaches 0.081.
+    # paper's 7e-4 (docs/evaluation.md, "How the training budget was chosen for tiny").
     config.optim = ml_collections.ConfigDict(dict(
         lr=2e-3 if size == "tiny" else 7e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, session_lr=3e-3,
         session_weight_decay=1e-3,
