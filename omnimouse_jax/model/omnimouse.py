@@ -368,15 +368,15 @@ class OmniMouse(nnx.Module):
         self._check_batch(batch)
         cfg, lay = self.config, self.layout
         d = cfg.d_model
-        responses = jnp.asarray(batch["responses"], jnp.float32)
-        b, t, n = responses.shape
-        neuron_mask = jnp.asarray(batch["neuron_mask"], bool)
+        responses_BxTxN = jnp.asarray(batch["responses"], jnp.float32)
+        b, t, n = responses_BxTxN.shape
+        neuron_mask_BxN = jnp.asarray(batch["neuron_mask"], bool)
         emb_BxNxE = self.identity.embed(batch["neuron_index"], batch["session_index"], batch["animal_index"])
         ident_BxNxD = constrain(self.identity.project(emb_BxNxE), ("batch", "neurons", "embed"))
 
         # Response tokens; a token is a key only if its neuron is real and some sample under it is visible.
-        visible_BxTxN = masks.response_visible & neuron_mask[:, None, :]
-        tok_BxKxNxD = self.response_tokens(responses, visible_BxTxN)
+        visible_BxTxN = masks.response_visible & neuron_mask_BxN[:, None, :]
+        tok_BxKxNxD = self.response_tokens(responses_BxTxN, visible_BxTxN)
         if self.response_gain is not None:
             tok_BxKxNxD = tok_BxKxNxD * (1.0 + self.response_gain(emb_BxNxE)[:, None])
         tok_BxKxNxD = tok_BxKxNxD + ident_BxNxD[:, None]
@@ -388,88 +388,93 @@ class OmniMouse(nnx.Module):
         has_responses_B = tok_valid_BxKxN.any(axis=(1, 2))
 
         # Encoder: bin latents read their bin's tokens; global latents read all tokens. A sink key is always valid.
-        missing = jnp.where(has_responses_B[:, None], 0.0, self.missing_responses[...])[:, None, None]
-        lat_BxWxGxD = jnp.broadcast_to(self.bin_latents[...], (b, self.num_bins, cfg.latents_per_bin, d)) + missing
-        glob_BxGxD = jnp.broadcast_to(self.global_latents[...], (b, cfg.num_global_latents, d)) + missing[:, 0]
+        missing_Bx1x1xD = jnp.where(has_responses_B[:, None], 0.0, self.missing_responses[...])[:, None, None]
+        lat_BxWxGxD = (jnp.broadcast_to(self.bin_latents[...], (b, self.num_bins, cfg.latents_per_bin, d))
+                       + missing_Bx1x1xD)
+        glob_BxGxD = jnp.broadcast_to(self.global_latents[...], (b, cfg.num_global_latents, d)) + missing_Bx1x1xD[:, 0]
         if cfg.meta_to_latents:  # the paper's code: the session's and animal's embedding on every latent
             meta_BxD = self.identity.project(self.identity.meta(batch["session_index"], batch["animal_index"]))
             lat_BxWxGxD = lat_BxWxGxD + meta_BxD[:, None, None]
             glob_BxGxD = glob_BxGxD + meta_BxD[:, None]
-        sink = jnp.broadcast_to(self.sink[...], (b, self.num_bins, 1, d))
+        sink_BxWx1xD = jnp.broadcast_to(self.sink[...], (b, self.num_bins, 1, d))
         idx, pad_ok = lay.token_bins.index, lay.token_bins.valid
-        kv_bins = tok_BxKxNxD[:, idx].reshape(b, self.num_bins, -1, d)
-        kv_bins_valid = (tok_valid_BxKxN[:, idx] & pad_ok[None, :, :, None]).reshape(b, self.num_bins, -1)
-        kv_bins_t = np.repeat(lay.token_times[idx], n, axis=-1)
+        kv_BxWxMxD = tok_BxKxNxD[:, idx].reshape(b, self.num_bins, -1, d)
+        kv_valid_BxWxM = (tok_valid_BxKxN[:, idx] & pad_ok[None, :, :, None]).reshape(b, self.num_bins, -1)
+        kv_t_WxM = np.repeat(lay.token_times[idx], n, axis=-1)
         lat_BxWxGxD = self.encoder(
             lat_BxWxGxD, lay.latent_times,
-            kv=jnp.concatenate([kv_bins, sink], axis=2),
-            t_kv_s=np.concatenate([kv_bins_t, np.zeros((self.num_bins, 1))], 1),
-            key_valid=jnp.concatenate([kv_bins_valid, jnp.ones((b, self.num_bins, 1), bool)], axis=2),
+            kv=jnp.concatenate([kv_BxWxMxD, sink_BxWx1xD], axis=2),
+            t_kv_s=np.concatenate([kv_t_WxM, np.zeros((self.num_bins, 1))], 1),
+            key_valid=jnp.concatenate([kv_valid_BxWxM, jnp.ones((b, self.num_bins, 1), bool)], axis=2),
             deterministic=deterministic)
         glob_BxGxD = self.encoder(
             glob_BxGxD, np.zeros(cfg.num_global_latents),
-            kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink[:, 0]], axis=1),
+            kv=jnp.concatenate([tok_BxKxNxD.reshape(b, -1, d), sink_BxWx1xD[:, 0]], axis=1),
             t_kv_s=np.concatenate([np.repeat(lay.token_times, n), [0.0]]),
             key_valid=jnp.concatenate([tok_valid_BxKxN.reshape(b, -1), jnp.ones((b, 1), bool)], axis=1),
             deterministic=deterministic)
 
         # Video tokens, binned by time; tokens with no visible frame become the missing-video embedding.
-        frames = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
-        vid_BxTvxSxE, vid_visible_BxTv, stages = self.video.encode(frames, masks.video_visible,
+        frames_BxTxHxW = (jnp.asarray(batch["video"], jnp.float32) - cfg.video_mean) / cfg.video_std
+        vid_BxTvxSxE, vid_visible_BxTv, stages = self.video.encode(frames_BxTxHxW, masks.video_visible,
                                                                    deterministic=deterministic)
-        vid = self.video_project(vid_BxTvxSxE)
-        vid = jnp.where(vid_visible_BxTv[:, :, None, None], vid, self.missing_video[...])
+        vid_BxTvxSxD = self.video_project(vid_BxTvxSxE)
+        vid_BxTvxSxD = jnp.where(vid_visible_BxTv[:, :, None, None], vid_BxTvxSxD, self.missing_video[...])
         vidx, vpad_ok = lay.video_bins.index, lay.video_bins.valid
-        spatial = vid.shape[2]
-        vid_bins = vid[:, vidx].reshape(b, self.num_bins, -1, d)
-        vid_bins_valid = jnp.broadcast_to(np.repeat(vpad_ok, spatial, axis=1),
+        spatial = vid_BxTvxSxD.shape[2]
+        vid_BxWxVxD = vid_BxTvxSxD[:, vidx].reshape(b, self.num_bins, -1, d)
+        vid_valid_BxWxV = jnp.broadcast_to(np.repeat(vpad_ok, spatial, axis=1),
                                           (b, self.num_bins, vpad_ok.shape[1] * spatial))
-        vid_bins_t = np.repeat(lay.video_times[vidx], spatial, axis=1)
+        vid_t_WxV = np.repeat(lay.video_times[vidx], spatial, axis=1)
 
         # Backbone over binned [latents; video] and global [latents; behavior].
         behavior_visible_BxC = masks.behavior_visible[:, None] & jnp.asarray(batch["behavior_mask"], bool)
         beh_BxCxD = self.behavior_tokens(jnp.asarray(batch["behavior"], jnp.float32), behavior_visible_BxC)
         if cfg.meta_to_latents:
             beh_BxCxD = beh_BxCxD + meta_BxD[:, None]
-        x_bin = jnp.concatenate([lat_BxWxGxD, vid_bins], axis=2)
-        valid_bin = jnp.concatenate([jnp.ones(lat_BxWxGxD.shape[:3], bool), vid_bins_valid], axis=2)
-        t_bin = np.concatenate([lay.latent_times, vid_bins_t], axis=1)
-        x_glob = jnp.concatenate([glob_BxGxD, beh_BxCxD], axis=1)
-        valid_glob = jnp.ones(x_glob.shape[:2], bool)
-        t_glob = np.zeros(x_glob.shape[1], np.float32)
+        bins_BxWxLxD = jnp.concatenate([lat_BxWxGxD, vid_BxWxVxD], axis=2)
+        bins_valid_BxWxL = jnp.concatenate([jnp.ones(lat_BxWxGxD.shape[:3], bool), vid_valid_BxWxV], axis=2)
+        bins_t_WxL = np.concatenate([lay.latent_times, vid_t_WxV], axis=1)
+        globals_BxQxD = jnp.concatenate([glob_BxGxD, beh_BxCxD], axis=1)
+        globals_valid_BxQ = jnp.ones(globals_BxQxD.shape[:2], bool)
+        globals_t_Q = np.zeros(globals_BxQxD.shape[1], np.float32)
         for layer, is_local in zip(self.layers, self.layer_is_local):
-            x_bin, x_glob = self._mix(layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
-                                      deterministic)
+            bins_BxWxLxD, globals_BxQxD = self._mix(layer, is_local, bins_BxWxLxD, bins_valid_BxWxL, bins_t_WxL,
+                                                    globals_BxQxD, globals_valid_BxQ, globals_t_Q, deterministic)
 
         # Decoder: queries per (neuron, readout step) and per behavior channel (and step, if per_step).
         rf_BxNx5 = (self.identity.receptive_field(batch["neuron_index"])
                     if cfg.video_readout_prior == "gaussian" else None)
-        out_resp, out_beh, vid_BxNxSxD = self._decode(x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob,
-                                                      ident_BxNxD, rf_BxNx5, deterministic)
+        resp_out_BxNxSxD, beh_out_BxCxSxD, vid_BxNxSxD = self._decode(
+            bins_BxWxLxD, bins_valid_BxWxL, bins_t_WxL, globals_BxQxD, globals_valid_BxQ, globals_t_Q, ident_BxNxD,
+            rf_BxNx5, deterministic)
         c = cfg.behavior_channels
         if self.readout_gain is not None:
-            out_resp = out_resp * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])
-        samples_BxNxT = self.response_head(out_resp).reshape(b, n, t).astype(jnp.float32)
+            resp_out_BxNxSxD = resp_out_BxNxSxD * (1.0 + self.readout_gain(emb_BxNxE)[:, :, None])
+        samples_BxNxT = self.response_head(resp_out_BxNxSxD).reshape(b, n, t).astype(jnp.float32)
         if self.video_head is not None:
             vid_BxNxSxD = vid_BxNxSxD * (1.0 + self.video_gain(emb_BxNxE)[:, :, None])
             samples_BxNxT = samples_BxNxT + self.video_head(vid_BxNxSxD).reshape(b, n, t).astype(jnp.float32)
         if cfg.video_factorized_readout:
             samples_BxNxT = samples_BxNxT + self._video_readout(stages, batch["neuron_index"])
         if self.population_decoder is not None or self.population_readout is not None:
-            pooled_BxTxE = self._population_state(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
+            pooled_BxTxE = self._population_state(responses_BxTxN, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
         if self.population_readout is not None:
             coupling_BxNxE = self.population_readout(emb_BxNxE.astype(jnp.float32))
             samples_BxNxT = samples_BxNxT + jnp.einsum("bte,bne->bnt", pooled_BxTxE, coupling_BxNxE)
         if self.history_readout is not None:
-            samples_BxNxT = samples_BxNxT + self._history(responses, visible_BxTxN, emb_BxNxE, batch["neuron_index"])
+            samples_BxNxT = samples_BxNxT + self._history(responses_BxTxN, visible_BxTxN, emb_BxNxE,
+                                                          batch["neuron_index"])
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
         beta = cfg.softplus_beta
-        rates = jax.nn.softplus(beta * samples_BxNxT) / beta
-        behavior = jnp.einsum("bcsd,cdk->bskc", out_beh.astype(jnp.float32), self.behavior_head[...]).reshape(b, t, c)
-        behavior = behavior + self.behavior_head_bias[...].T
+        rates_BxNxT = jax.nn.softplus(beta * samples_BxNxT) / beta
+        behavior_BxTxC = jnp.einsum("bcsd,cdk->bskc", beh_out_BxCxSxD.astype(jnp.float32),
+                                    self.behavior_head[...]).reshape(b, t, c)
+        behavior_BxTxC = behavior_BxTxC + self.behavior_head_bias[...].T
         if self.population_decoder is not None:
-            behavior = behavior + self.population_decoder(pooled_BxTxE)
-        return {"rates": constrain(rates.transpose(0, 2, 1), ("batch", "length", "neurons")), "behavior": behavior}
+            behavior_BxTxC = behavior_BxTxC + self.population_decoder(pooled_BxTxE)
+        return {"rates": constrain(rates_BxNxT.transpose(0, 2, 1), ("batch", "length", "neurons")),
+                "behavior": behavior_BxTxC}
 
     def set_receptive_fields(self, centres_Rx2: np.ndarray, size: float, start_row: int = 0) -> None:
         """Starts rows [start_row, start_row + R) at these centres (half-widths) and one size (receptive_fields'
@@ -520,7 +525,8 @@ class OmniMouse(nnx.Module):
         return {"centre": rf[..., :2], "size": RF_SIZE_INIT * jnp.exp(rf[..., 2]), "lag": RF_LAG_INIT + rf[..., 3],
                 "duration": RF_DURATION_INIT * jnp.exp(rf[..., 4])}
 
-    def _decode(self, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, ident_BxNxD, rf_BxNx5, deterministic):
+    def _decode(self, bins_BxWxLxD, bins_valid_BxWxL, bins_t_WxL, globals_BxQxD, globals_valid_BxQ, globals_t_Q,
+                ident_BxNxD, rf_BxNx5, deterministic):
         """Decoder outputs (B, N, S, D) for the neurons' readout steps and (B, C, S or 1, D) for the behavior, and
         with video_skip_readout the neurons' video attention outputs (B, N, S, D) (else None).
 
@@ -535,8 +541,8 @@ class OmniMouse(nnx.Module):
         q_resp_BxNxSxD = ident_BxNxD[:, :, None] + self.step_queries[...]
         q_beh_CxSxD = self.behavior_queries[...][:, None] + self.step_queries[...]
         if not cfg.decoder_video_keys:
-            keys = jnp.concatenate([x_bin[:, :, : cfg.latents_per_bin].reshape(b, -1, d), x_glob], axis=1)
-            keys_t = np.concatenate([lay.latent_times.reshape(-1), t_glob])
+            keys = jnp.concatenate([bins_BxWxLxD[:, :, : cfg.latents_per_bin].reshape(b, -1, d), globals_BxQxD], axis=1)
+            keys_t = np.concatenate([lay.latent_times.reshape(-1), globals_t_Q])
             if self.behavior_per_step:
                 q_beh, q_beh_t = q_beh_CxSxD.reshape(-1, d), np.tile(lay.step_times, c)
             else:
@@ -559,39 +565,40 @@ class OmniMouse(nnx.Module):
         q_BxWxQxD = jnp.concatenate(parts, axis=2)
         block = self.decoder
         q_h = block.queries(q_BxWxQxD, np.concatenate(times, axis=1))
-        k_bin, v_bin = block.keys_values(x_bin, t_bin)
-        k_glob, v_glob = block.keys_values(x_glob, t_glob)
+        k_bin, v_bin = block.keys_values(bins_BxWxLxD, bins_t_WxL)
+        k_glob, v_glob = block.keys_values(globals_BxQxD, globals_t_Q)
         bias = None
         if rf_BxNx5 is not None:
-            bias = self._receptive_field_bias(rf_BxNx5, t_bin, step_t_WxP, x_glob.shape[1], q_h.shape[2])
+            bias = self._receptive_field_bias(rf_BxNx5, bins_t_WxL, step_t_WxP, globals_BxQxD.shape[1], q_h.shape[2])
         radius = cfg.decoder_window_bins
         vid_resp = None
         if cfg.decoder_video_attention == "joint":
-            o = local_attention(q_h, k_bin, v_bin, valid_bin, radius, k_glob, v_glob, valid_glob, bias, block.kernel)
+            o = local_attention(q_h, k_bin, v_bin, bins_valid_BxWxL, radius, k_glob, v_glob, globals_valid_BxQ, bias,
+                                block.kernel)
         else:
             g = cfg.latents_per_bin
-            o = local_attention(q_h, k_bin[:, :, :g], v_bin[:, :, :g], valid_bin[:, :, :g], radius, k_glob, v_glob,
-                                valid_glob, kernel=block.kernel)
+            o = local_attention(q_h, k_bin[:, :, :g], v_bin[:, :, :g], bins_valid_BxWxL[:, :, :g], radius, k_glob,
+                                v_glob, globals_valid_BxQ, kernel=block.kernel)
             if bias is not None:  # keys of each window: its (2 radius + 1) bins' slots, then the global tokens
                 p = k_bin.shape[2]
                 slots = np.concatenate([np.arange(g, p) + j * p for j in range(2 * radius + 1)])
                 bias = bias[..., slots]  # (B, W, Q, video keys)
-            o_vid = local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], valid_bin[:, :, g:], radius, bias=bias,
-                                    kernel=block.kernel)
+            o_vid = local_attention(q_h, k_bin[:, :, g:], v_bin[:, :, g:], bins_valid_BxWxL[:, :, g:], radius,
+                                    bias=bias, kernel=block.kernel)
             o = o + o_vid
             if cfg.video_skip_readout:
                 vid_resp = ungroup(o_vid[:, :, : n * per].reshape(b, w, n * per, d), n)
         out = self.out_norm(block.finish(q_BxWxQxD, o, deterministic))
-        out_resp = ungroup(out[:, :, : n * per], n)
+        resp_out_BxNxSxD = ungroup(out[:, :, : n * per], n)
         if self.behavior_per_step:
-            return out_resp, ungroup(out[:, :, n * per:], c), vid_resp
-        keys = jnp.concatenate([x_bin.reshape(b, -1, d), x_glob], axis=1)
-        keys_t = np.concatenate([t_bin.reshape(-1), t_glob])
-        key_valid = jnp.concatenate([valid_bin.reshape(b, -1), valid_glob], axis=1)
+            return resp_out_BxNxSxD, ungroup(out[:, :, n * per:], c), vid_resp
+        keys = jnp.concatenate([bins_BxWxLxD.reshape(b, -1, d), globals_BxQxD], axis=1)
+        keys_t = np.concatenate([bins_t_WxL.reshape(-1), globals_t_Q])
+        key_valid = jnp.concatenate([bins_valid_BxWxL.reshape(b, -1), globals_valid_BxQ], axis=1)
         q_beh = jnp.broadcast_to(self.behavior_queries[...], (b, c, d))
-        out_beh = self.out_norm(block(q_beh, np.zeros(c), kv=keys, t_kv_s=keys_t, key_valid=key_valid,
+        beh_out_BxCxSxD = self.out_norm(block(q_beh, np.zeros(c), kv=keys, t_kv_s=keys_t, key_valid=key_valid,
                                       deterministic=deterministic))
-        return out_resp, out_beh[:, :, None], vid_resp
+        return resp_out_BxNxSxD, beh_out_BxCxSxD[:, :, None], vid_resp
 
     def _receptive_field_bias(self, rf_BxNx5, t_bin_WxP, step_t_WxS, num_global, num_queries) -> jax.Array:
         """(B, W, Q, K) logit bias of the decoder's queries over the keys of local_attention's layout (each window's
@@ -646,24 +653,26 @@ class OmniMouse(nnx.Module):
         return (jnp.einsum("bktn,bnk->bnt", own_BxKxTxN, weights_BxNx2K[..., :k])
                 + jnp.einsum("bkt,bnk->bnt", population_BxKxT, weights_BxNx2K[..., k:]))
 
-    def _mix(self, layer, is_local, x_bin, valid_bin, t_bin, x_glob, valid_glob, t_glob, deterministic):
+    def _mix(self, layer, is_local, bins_BxWxLxD, bins_valid_BxWxL, bins_t_WxL, globals_BxQxD, globals_valid_BxQ,
+             globals_t_Q, deterministic):
         """One self-attention layer over the binned and global token sets."""
-        b, w, p, d = x_bin.shape
-        q_bin, (k_bin, v_bin) = layer.queries(x_bin, t_bin), layer.keys_values(x_bin, t_bin)
-        q_glob, (k_glob, v_glob) = layer.queries(x_glob, t_glob), layer.keys_values(x_glob, t_glob)
+        b, w, p, d = bins_BxWxLxD.shape
+        q_bin, (k_bin, v_bin) = layer.queries(bins_BxWxLxD, bins_t_WxL), layer.keys_values(bins_BxWxLxD, bins_t_WxL)
+        q_glob = layer.queries(globals_BxQxD, globals_t_Q)
+        k_glob, v_glob = layer.keys_values(globals_BxQxD, globals_t_Q)
         flat = lambda a: a.reshape((b, w * p) + a.shape[3:])  # noqa: E731
         k_all = jnp.concatenate([flat(k_bin), k_glob], axis=1)
         v_all = jnp.concatenate([flat(v_bin), v_glob], axis=1)
-        valid_all = jnp.concatenate([flat(valid_bin), valid_glob], axis=1)
+        valid_all = jnp.concatenate([flat(bins_valid_BxWxL), globals_valid_BxQ], axis=1)
         if is_local:
-            o_bin = local_attention(q_bin, k_bin, v_bin, valid_bin, self.config.local_window_bins,
-                                    k_glob, v_glob, valid_glob, kernel=layer.kernel)
+            o_bin = local_attention(q_bin, k_bin, v_bin, bins_valid_BxWxL, self.config.local_window_bins,
+                                    k_glob, v_glob, globals_valid_BxQ, kernel=layer.kernel)
         else:
             o_bin = attend(flat(q_bin), k_all, v_all, valid_all, kernel=layer.kernel).reshape(q_bin.shape)
         o_glob = attend(q_glob, k_all, v_all, valid_all, kernel=layer.kernel)
-        x_bin = constrain(layer.finish(x_bin, o_bin, deterministic), ("batch", "length", None, "embed"))
-        x_glob = constrain(layer.finish(x_glob, o_glob, deterministic), ("batch", "latents", "embed"))
-        return x_bin, x_glob
+        bins_BxWxLxD = constrain(layer.finish(bins_BxWxLxD, o_bin, deterministic), ("batch", "length", None, "embed"))
+        globals_BxQxD = constrain(layer.finish(globals_BxQxD, o_glob, deterministic), ("batch", "latents", "embed"))
+        return bins_BxWxLxD, globals_BxQxD
 
 
 def count_parameters(model: OmniMouse) -> dict[str, int]:
