@@ -11,11 +11,13 @@ from collections import Counter
 
 import numpy as np
 
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.errors import UserError
 
 INTERPOLATIONS = ("nearest", "linear")
-PUPIL_DILATION, PUPIL_DERIVATIVE = 0, 4  # columns of BEHAVIOR_CHANNELS
+PUPIL_DILATION = BEHAVIOR_CHANNELS.index("pupil_dilation")
+PUPIL_DERIVATIVE = BEHAVIOR_CHANNELS.index("pupil_dilation_derivative")
 
 
 def should_import(out, name: str, interpolation: str, replace: bool, log) -> bool:
