@@ -4,7 +4,7 @@ from pathlib import Path
 
 from omnimouse_jax import cli
 from omnimouse_jax.data.pipeline import SPLITS
-from omnimouse_jax.scaling.fit_command import _FORMS
+from omnimouse_jax.scaling.columns import FORM_NAMES
 
 ROOT = Path(__file__).parents[1]
 
@@ -16,7 +16,7 @@ def test_readme_lists_every_command_and_fit_form():
     for group, name in cli.COMMANDS:
         assert f"`omnimouse {group + ' ' if group else ''}{name}" in table, name
     fit_row = next(line for line in table.splitlines() if line.startswith("| `omnimouse fit"))
-    assert "\\|".join(_FORMS) in fit_row
+    assert "\\|".join(FORM_NAMES) in fit_row
 
 
 def test_data_doc_states_the_tiers_of_each_split():

@@ -9,7 +9,8 @@ from scipy.optimize import minimize_scalar
 
 from omnimouse_jax import cli
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.scaling import fit, fit_command
+from omnimouse_jax.scaling import fit
+from omnimouse_jax.scaling.columns import FORM_NAMES
 
 CHINCHILLA_CSV = Path(__file__).parent / "data" / "chinchilla_points.csv"
 # Besiroglu et al. 2024 (Epoch AI): estimates and 95% bootstrap intervals after dropping the 5 highest-loss points
@@ -263,7 +264,7 @@ def test_cli_json_holds_the_report(tmp_path, capsys):
 
 
 def test_cli_form_choices_match_the_library():
-    assert fit_command._FORMS == fit.FORMS
+    assert FORM_NAMES == fit.FORMS
 
 
 def test_rows_with_empty_cells_are_skipped_and_counted(tmp_path, capsys):

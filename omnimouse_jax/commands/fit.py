@@ -1,16 +1,16 @@
-"""`omnimouse fit`: its command-line arguments and their checks; omnimouse_jax.scaling.fit_command does the work."""
+"""`omnimouse fit`: its command-line arguments and their checks; omnimouse_jax.scaling.fit does the work."""
 from __future__ import annotations
 
 import argparse
 import json
 
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.scaling import fit_command
+from omnimouse_jax.scaling.columns import FORM_NAMES, read_columns
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", required=True, metavar="F", help="CSV file with a header row")
-    parser.add_argument("--form", required=True, choices=fit_command._FORMS,
+    parser.add_argument("--form", required=True, choices=FORM_NAMES,
                         help="chinchilla: E + A/N^alpha + B/D^beta; power: E + A x^-alpha; bounded: S_max - A x^-alpha "
                              "for scores below 1; bnsl: broken power law with one break; loglinear: a + b log10(x)")
     parser.add_argument("--x", required=True, metavar="COLS",
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     x_names = [c.strip() for c in args.x.split(",") if c.strip()]
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
-    columns = fit_command.read_columns(args.csv, list(dict.fromkeys(x_names + [args.y])))
+    columns = read_columns(args.csv, list(dict.fromkeys(x_names + [args.y])))
     try:
         result = fit_law({n: columns[n] for n in x_names}, columns[args.y], args.form, bootstrap=args.bootstrap,
                          seed=args.seed, holdout_top=args.holdout_top, exclude_top_loss=args.exclude_top_loss,

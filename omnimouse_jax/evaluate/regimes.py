@@ -64,6 +64,7 @@ from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.files import AtomicFile, atomic_open, write_json_atomic, write_text_atomic
 from omnimouse_jax.model import masking
+from omnimouse_jax.parallel import compile_cache
 
 GAZE_KEY = "behavior/gaze/correlation"
 # The paper's results table: column -> (preset, metric key). Behavior columns decode behavior from neurons alone.
@@ -581,6 +582,7 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     import jax
 
     from omnimouse_jax.data.store import open_store
+    from omnimouse_jax.train.checkpoint import saved_record
     from omnimouse_jax.evaluate.report import markdown
     from omnimouse_jax.train.restore import config_from_json, load_trained
 
@@ -590,9 +592,10 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
         raise UserError("omnimouse evaluate runs in a single process; start it without the multi-process launcher")
     # Everything that can be wrong with the request is checked from the checkpoint's metadata, before the model is
     # built and compiled.
-    meta = _checkpoint_meta(workdir, step)
-    if meta is None:
+    record = saved_record(workdir / "checkpoints", step)
+    if record is None:
         load_trained(workdir, step=step)  # raises the UserError that names what is missing
+    meta = record[1]
     config = config_from_json(meta["config"])
     T, max_neurons = int(config.model.num_samples), int(config.model.max_neurons)
     presets, skipped = select_regimes(regimes, max_neurons, T)
@@ -624,10 +627,7 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     check_split(split, sessions, T)
     ceiling = all(CEILING_FIELD in s.extra_fields for s in sessions)
 
-    if not jax.config.jax_compilation_cache_dir:
-        # As in training: a repeated evaluation reloads its compiled functions from the workdir.
-        jax.config.update("jax_compilation_cache_dir", str(workdir / "compile_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    compile_cache.use_workdir_cache(workdir)
     trained = load_trained(workdir, step=step)
     log(f"scoring the checkpoint of step {trained.step} ({workdir / 'checkpoints' / str(trained.step)})")
     stride = eval_stride(presets, T)
@@ -816,15 +816,6 @@ def _regime_entry(scores: dict[str, dict]) -> dict:
         entry["fraction_of_ceiling"] = fraction_of(entry["model"], truth)
         entry["baselines_fraction_of_ceiling"] = {n: fraction_of(m, truth) for n, m in scores.items()}
     return entry
-
-
-def _checkpoint_meta(workdir: Path, step: int | None) -> dict | None:
-    """The metadata saved with the newest (or `step`'s) checkpoint, read without building the model; None when there
-    is no such checkpoint."""
-    from omnimouse_jax.train.checkpoint import saved_record
-
-    record = saved_record(workdir / "checkpoints", step)
-    return None if record is None else record[1]
 
 
 def _load_specialized(workdirs: Mapping[str, str], main, presets: Sequence[str], example) -> dict:

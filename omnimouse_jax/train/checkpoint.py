@@ -65,16 +65,17 @@ class Checkpointer:
         return self._first_readable(read, step, log)
 
     def restore(self, abstract_state, data_iterator=None, step: int | None = None, log=None,
-                read_only: bool = False):
+                read_only: bool = False, partial: bool = False):
         """(step, state, meta, data_restored) from `step` or the newest readable checkpoint.
 
         `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) that the restored arrays follow. The
         grain iterator is restored in place when given and when the checkpoint holds this process's iterator file
         (the same process count); otherwise data_restored is False and the caller positions it from the step.
         Falling back past unreadable newer steps moves them aside so training can save them anew, unless
-        `read_only`."""
+        `read_only`. With `partial`, `abstract_state` may name a part of the saved tree (the model without its
+        optimizer, for inference) and only that part is read."""
         def read(candidate):
-            items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+            items = {"state": _restore_args(abstract_state, partial), "meta": ocp.args.JsonRestore()}
             iterator_file = (self.directory / str(candidate) / "data" /
                              f"process_{jax.process_index()}-of-{jax.process_count()}.json")
             with_data = data_iterator is not None and iterator_file.exists()
@@ -169,6 +170,13 @@ def _is_key(x) -> bool:
 def keys_to_data(tree):
     """Typed PRNG keys (dropout streams) as their raw uint32 data, which orbax can store."""
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _restore_args(abstract_state, partial: bool):
+    if not partial:
+        return ocp.args.StandardRestore(abstract_state)
+    return ocp.args.PyTreeRestore(abstract_state, ocp.checkpoint_utils.construct_restore_args(abstract_state),
+                                  partial_restore=True)
 
 
 def data_to_keys(restored, like):

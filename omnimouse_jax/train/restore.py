@@ -48,8 +48,7 @@ def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> Train
     """The model of `workdir` at `step` (default: newest readable checkpoint). UserError if there is none."""
     from omnimouse_jax.parallel import sharding
     from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
-    from omnimouse_jax.train.optim import make_optimizer
-    from omnimouse_jax.train.session import abstract_state
+    from omnimouse_jax.train.session import abstract_model
 
     workdir = Path(workdir)
     directory = workdir / "checkpoints"
@@ -66,14 +65,16 @@ def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> Train
         config = config_from_json(meta["config"])
         layout = SessionLayout.from_dict(meta["layout"])
         mesh = sharding.make_mesh(mesh_config or ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-        tx, _ = make_optimizer(config.optim, int(config.train.steps))
-        # Shapes and shardings only (no compile, no allocation); orbax reads the weights straight into place.
-        graphdef, abstract = abstract_state(config, tx, mesh)
-        target = nnx.to_pure_dict(abstract)
-        restored_step, restored, meta, _ = checkpointer.restore(abstract_like(target), step=step, read_only=True)
+        # Shapes and shardings only (no compile, no allocation); orbax reads the model's weights straight into place
+        # and leaves the optimizer's moments (two thirds of the checkpoint) on disk. The saved state is the pair
+        # (model, optimizer): the model is its entry 0.
+        graphdef, abstract = abstract_model(config, mesh)
+        target = {0: nnx.to_pure_dict(abstract)}
+        restored_step, restored, meta, _ = checkpointer.restore(abstract_like(target), step=step, read_only=True,
+                                                                partial=True)
         state = jax.tree.map(lambda x: x, abstract)
-        nnx.replace_by_pure_dict(state, data_to_keys(restored, target))
-        model, _ = nnx.merge(graphdef, state)
+        nnx.replace_by_pure_dict(state, data_to_keys(restored, target)[0])
+        model = nnx.merge(graphdef, state)
     finally:
         checkpointer.close()
     return TrainedModel(model, config, layout, restored_step, workdir, mesh, meta)

@@ -29,7 +29,7 @@ from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import combine, loss_fn, loss_sums, target_counts
 from omnimouse_jax.model.omnimouse import (ADDED_OPTIONS, ADDED_VIDEO_OPTIONS, RF_SIZE_MAPPED, OmniMouse,
                                            count_parameters)
-from omnimouse_jax.parallel import distributed, sharding
+from omnimouse_jax.parallel import compile_cache, distributed, sharding
 from omnimouse_jax.train import perf
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
 from omnimouse_jax.train.logging import MetricsLogger
@@ -109,11 +109,20 @@ def create_model_and_optimizer(config, tx):
 def abstract_state(config, tx, mesh):
     """(graphdef, state) of model and optimizer with ShapeDtypeStruct leaves carrying their shardings: the layout of
     the real state, computed without allocating it."""
+    return _abstract(lambda: create_model_and_optimizer(config, tx), mesh)
+
+
+def abstract_model(config, mesh):
+    """(graphdef, state) of the model alone, as `abstract_state`: what inference restores from a checkpoint."""
+    return _abstract(lambda: OmniMouse(config.model, rngs=nnx.Rngs(config.seed)), mesh)
+
+
+def _abstract(create_modules, mesh):
     graphdef = None
 
     def create():
         nonlocal graphdef
-        graphdef, state = nnx.split(create_model_and_optimizer(config, tx))
+        graphdef, state = nnx.split(create_modules())
         return state
 
     with sharding.use_rules(mesh):
@@ -324,10 +333,8 @@ class TrainingSession:
         self.config, self.workdir = config, workdir
         self.total_steps = int(config.train.steps)
         self.nonfinite = {"run": 0, "total": 0}  # consecutive and total steps skipped for a non-finite loss
-        if config.train.get("compile_cache", True) and not jax.config.jax_compilation_cache_dir:
-            # A restarted (preempted) run reloads its compiled step instead of compiling it again.
-            jax.config.update("jax_compilation_cache_dir", str(workdir / "compile_cache"))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        if config.train.get("compile_cache", True):
+            compile_cache.use_workdir_cache(workdir)
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         self.mesh = sharding.make_mesh(config.mesh)
         self.checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.get("keep", 3),

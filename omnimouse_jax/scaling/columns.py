@@ -1,5 +1,5 @@
-"""What `omnimouse fit` (omnimouse_jax/commands/fit.py) needs before it imports jax: the names of the fitted forms
-(for --help) and the reader of a CSV's numeric columns. The fit itself is omnimouse_jax/scaling/fit.py.
+"""A CSV's numeric columns, and the names of the fitted forms: what `omnimouse fit` (omnimouse_jax/commands/fit.py)
+needs before it imports jax, for --help and for its input checks. The fit itself is omnimouse_jax/scaling/fit.py.
 
     omnimouse fit --csv tests/data/chinchilla_points.csv --form chinchilla --x params,tokens --y loss \\
         --exclude-top-loss 5 [--bootstrap 1000] [--budget 5.76e23] [--json]
@@ -11,7 +11,7 @@ import sys
 
 from omnimouse_jax.errors import UserError
 
-_FORMS = ("chinchilla", "power", "bounded", "bnsl", "loglinear")  # kept equal to fit.FORMS (tested); no jax at --help
+FORM_NAMES = ("chinchilla", "power", "bounded", "bnsl", "loglinear")  # kept equal to fit.FORMS (tested); no jax at --help
 
 
 def read_columns(path: str, names: list[str]) -> dict[str, list[float]]:
