@@ -25,11 +25,24 @@ import dataclasses
 import functools
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
+from flax import nnx
 
+from omnimouse_jax.config import load_config_file
 from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.store import open_store
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.model.tokenizers import NeuronIdentity
 from omnimouse_jax.resources import shipped
+from omnimouse_jax.train.checkpoint import saved_record
+from omnimouse_jax.train.optim import make_optimizer, schedule
+from omnimouse_jax.train.restore import config_from_json, load_trained
+from omnimouse_jax.train.session import RunSpec, TrainingSession
+from omnimouse_jax.train.trainer import run_until_done_or_signalled
 
 DEFAULT_CONFIG = shipped("experiments/configs/finetune.py")
 SECTIONS = ("train", "checkpoint", "data")  # finetune-config sections laid over the pretrained run's config
@@ -104,10 +117,6 @@ def stage_schedules(optim_cfg, stages, accumulate: int = 1) -> dict:
     stage1.steps / accumulate updates) gives the core rate 0 and the tables stage1.lr_scale x config.optim.session_lr;
     stage 2 gives both groups stage2.lr_scale x their pretraining rates. Each stage has its own warmup (in updates)
     and the pretraining schedule's shape (optim.schedule) over its own length."""
-    import jax.numpy as jnp
-
-    from omnimouse_jax.train.optim import schedule
-
     first, second = stages.stage1, stages.stage2
     boundary = int(first.steps) // accumulate
 
@@ -133,12 +142,6 @@ def finetune_optimizer(optim_cfg, stages, first_new_row: dict[str, int]):
     the optimizer state keeps the pretraining recipe's structure, so a fine-tuned workdir's checkpoints restore into
     it (load_trained, omnimouse evaluate). The core's moments see its gradients during stage 1, so stage 2 starts
     with them estimated. The schedules are returned as functions of the training step (for the logs)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from omnimouse_jax.train.optim import make_optimizer
-
     accumulate = int(optim_cfg.get("grad_accum_steps", 1))
     if int(stages.stage1.steps) % accumulate:
         raise UserError(f"finetune config stage1.steps={stages.stage1.steps}: expected a multiple of the pretrained "
@@ -171,8 +174,6 @@ def finetune_optimizer(optim_cfg, stages, first_new_row: dict[str, int]):
 
 def _pretrained_meta(source: Path) -> dict:
     """The newest checkpoint's record (config, layout) of a pretrained workdir, without touching the workdir."""
-    from omnimouse_jax.train.checkpoint import saved_record
-
     directory = source / "checkpoints"
     record = saved_record(directory)
     if record is None:
@@ -185,10 +186,6 @@ def run_config(pretrained_config: dict, settings, store_root, names, source):
     """The fine-tuning run's config: the pretrained run's, with the new sessions as its data, the finetune config's
     non-None `train`/`checkpoint`/`data` values laid over it, train.steps = stage1.steps + stage2.steps, and the
     stage settings under config.finetune."""
-    import ml_collections
-
-    from omnimouse_jax.train.restore import config_from_json
-
     config = config_from_json(pretrained_config)
     for section in SECTIONS:
         for key, value in settings.get(section, {}).items():
@@ -220,10 +217,6 @@ def finetune(source, store_root, sessions, workdir, settings=None) -> dict:
     from workdir's checkpoint if it has one. `settings`: a finetune config (default: experiments/configs/finetune.py).
     Returns the last logged training metrics. UserError for a `source` without a checkpoint, a session already in its
     model or absent from the store, a frame shape other than the model's, or a `workdir` holding another run."""
-    from omnimouse_jax.config import load_config_file
-    from omnimouse_jax.data.store import open_store
-    from omnimouse_jax.train.trainer import run_until_done_or_signalled
-
     source, workdir = Path(source), Path(workdir)
     settings = settings if settings is not None else load_config_file(str(DEFAULT_CONFIG))
     names = list(sessions)
@@ -249,13 +242,11 @@ def finetune(source, store_root, sessions, workdir, settings=None) -> dict:
 
     workdir.mkdir(parents=True, exist_ok=True)
     return run_until_done_or_signalled(
-        finetune_session_class()(config, workdir, source=source, pretrained=pretrained, layout=layout))
+        TrainingSession(config, workdir, finetune_spec(source, pretrained, layout, names)))
 
 
 def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
     """UserError if workdir's newest checkpoint holds a layout other than `layout` (another run's workdir)."""
-    from omnimouse_jax.train.checkpoint import saved_record
-
     record = saved_record(workdir / "checkpoints")
     saved = None if record is None else SessionLayout.from_dict(record[1]["layout"])
     if saved is not None and saved != layout:
@@ -263,58 +254,28 @@ def _check_workdir(workdir: Path, layout: SessionLayout) -> None:
                         f"{list(layout.names)} asked for; use a new workdir")
 
 
-@functools.cache
-def finetune_session_class():
-    """The TrainingSession subclass of a fine-tune, defined on first use so that importing this module (for --help)
-    does not import jax. Constructor: (config, workdir, *, source, pretrained, layout): the pretrained workdir, its
-    layout, and that layout extended by config.data.sessions."""
-    import jax
-    from flax import nnx
+def finetune_spec(source: Path, pretrained: SessionLayout, layout: SessionLayout, sessions) -> RunSpec:
+    """The run of a fine-tune: the pretrained model of workdir `source` (layout `pretrained`) grown to `layout`, which
+    adds the new `sessions`; windows of the new sessions only, mapped onto their rows; `finetune_optimizer`."""
+    view = SubLayout.of(layout, sessions)
+    pretrained_rows = NeuronIdentity.table_rows(pretrained.num_neuron_rows, pretrained.num_sessions,
+                                                pretrained.num_animals)
 
-    from omnimouse_jax.train.restore import load_trained
-    from omnimouse_jax.train.session import TrainingSession
+    def init(config, tx):
+        """The pretrained model with its tables grown by fresh rows for the new sessions (identity.grow), every
+        parameter placed by its logical axes, and a fresh optimizer."""
+        model = load_trained(source, mesh_config=config.mesh).model
+        cfg = config.model
 
-    class FinetuneSession(TrainingSession):
-        """A TrainingSession over the extended layout that samples the new sessions only, starts from the pretrained
-        weights and trains with `finetune_optimizer`."""
+        @nnx.jit
+        def grow(model):
+            model.identity.grow(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, nnx.Rngs(config.seed))
+            state = nnx.state(model)
+            nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+            return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-        def __init__(self, config, workdir, *, source, pretrained: SessionLayout, layout: SessionLayout):
-            self.source, self.pretrained_layout, self.full_layout = Path(source), pretrained, layout
-            self.view = SubLayout.of(layout, config.data.sessions)
-            super().__init__(config, Path(workdir))
+        return grow(model)
 
-        # The TrainingSession hooks: the extended layout, windows over the new sessions mapped onto it, and the
-        # fine-tuning optimizer.
-        def _select_layout(self, store) -> SessionLayout:
-            return self.full_layout
-
-        def _read_layout(self) -> SessionLayout:
-            return self.view.sub
-
-        def _map_windows(self, windows):
-            return MappedWindows(windows, self.view)
-
-        def _make_optimizer(self):
-            from omnimouse_jax.model.tokenizers import NeuronIdentity
-
-            old = self.pretrained_layout
-            return finetune_optimizer(self.config.optim, self.config.finetune, NeuronIdentity.table_rows(
-                old.num_neuron_rows, old.num_sessions, old.num_animals))
-
-        def _init_model_and_optimizer(self):
-            """The pretrained model with its tables grown by fresh rows for the new sessions (identity.grow), every
-            parameter placed by its logical axes, and a fresh optimizer. (On a resume the checkpoint then replaces
-            all of it.)"""
-            model = load_trained(self.source, mesh_config=self.config.mesh).model
-            cfg, tx = self.config.model, self.tx
-
-            @nnx.jit
-            def grow(model):
-                model.identity.grow(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, nnx.Rngs(self.config.seed))
-                state = nnx.state(model)
-                nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
-                return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-            return grow(model)
-
-    return FinetuneSession
+    return RunSpec(layout=layout, reads=view.sub, map_windows=functools.partial(MappedWindows, view=view),
+                   make_optimizer=lambda config: finetune_optimizer(config.optim, config.finetune, pretrained_rows),
+                   init=init)

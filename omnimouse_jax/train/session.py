@@ -7,11 +7,13 @@ checkpoints; only process 0 writes the run-wide files (config.json, metrics.json
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -326,11 +328,34 @@ def compile_only(config) -> dict:
     }
 
 
+def _same_windows(windows):
+    return windows
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What a run trains beyond its config. The defaults train a new model over config.data.sessions of the store, or
+    resume the workdir's run over its checkpoint's sessions; a fine-tune (train/finetune.py) sets every field.
+
+    layout          the model's sessions (None: the checkpoint's, else config.data.sessions of the store)
+    reads           the sessions whose windows the run trains and validates on (None: `layout`)
+    map_windows     maps windows over `reads` onto the model's layout
+    make_optimizer  config -> (optax transform, {name: schedule}) (None: train/optim.py's recipe)
+    init            (config, tx) -> (model, nnx.Optimizer), called under the mesh's sharding rules (None: a fresh
+                    model, every parameter born sharded in one compile); a resumed run's checkpoint then replaces it
+    """
+    layout: SessionLayout | None = None
+    reads: SessionLayout | None = None
+    map_windows: Callable[[Any], Any] = _same_windows
+    make_optimizer: Callable | None = None
+    init: Callable | None = None
+
+
 class TrainingSession:
-    def __init__(self, config, workdir: Path):
+    def __init__(self, config, workdir: Path, spec: RunSpec = RunSpec()):
         if config.data.root:  # saved absolute, so evaluate, planted and finetune work from any directory
             config.data.root = str(Path(config.data.root).expanduser().absolute())
-        self.config, self.workdir = config, workdir
+        self.config, self.workdir, self.spec = config, workdir, spec
         self.total_steps = int(config.train.steps)
         self.nonfinite = {"run": 0, "total": 0}  # consecutive and total steps skipped for a non-finite loss
         if config.train.get("compile_cache", True):
@@ -355,42 +380,34 @@ class TrainingSession:
         if not config.data.root:
             raise UserError("config.data.root: empty; expected the path of a session store")
         store = open_store(config.data.root)
-        self.layout = self._select_layout(store)
-        reads = self._read_layout()
+        self.layout = self.spec.layout if self.spec.layout is not None else self._saved_layout()
+        if self.layout is None:
+            self.layout = SessionLayout.from_store(store, config.data.get("sessions", "all"))
+        reads = self.spec.reads if self.spec.reads is not None else self.layout
         configure_model(config, self.layout, store.session(reads.names[0]).frame_shape)
         self._check_resumable()
         check_batch_divides_mesh(config, self.mesh)
-        self.windows = self._map_windows(pipeline.TrainWindows(
+        self.windows = self.spec.map_windows(pipeline.TrainWindows(
             store, reads, block=config.model.num_samples, max_neurons=config.model.max_neurons,
             global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
             weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
             process_count=self.process_count))
         self.data_iter = iter(pipeline.train_dataset(self.windows, num_threads=config.data.get("num_threads", 4),
                                                      prefetch=config.data.get("prefetch", 8)))
-        self.validation = self._validation_windows(store)
+        self.validation = self._validation_windows(store, reads)
         self.strategies, self.strategy_probs = training_mix(config)
-        self.tx, self.schedules = self._make_optimizer()
+        self.tx, self.schedules = (self.spec.make_optimizer(config) if self.spec.make_optimizer
+                                   else make_optimizer(config.optim, self.total_steps))
         with sharding.use_rules(self.mesh):
-            model, optimizer = self._init_model_and_optimizer()
+            if self.spec.init:
+                model, optimizer = self.spec.init(config, self.tx)
+            else:  # created inside one jit, so every parameter is born sharded in a single compile
+                model, optimizer = nnx.jit(lambda: create_model_and_optimizer(config, self.tx))()
         self._init_from_data(model)
         self.param_counts = count_parameters(model)
         self.graphdef, self.state = nnx.split((model, optimizer))
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self._compile()
-
-    # Hooks a fine-tune overrides: the model's layout, the sessions the run reads, how their batches map to it, and
-    # the optimizer.
-    def _select_layout(self, store) -> SessionLayout:
-        return self._saved_layout() or SessionLayout.from_store(store, self.config.data.get("sessions", "all"))
-
-    def _read_layout(self) -> SessionLayout:
-        return self.layout
-
-    def _map_windows(self, windows):
-        return windows
-
-    def _make_optimizer(self):
-        return make_optimizer(self.config.optim, self.total_steps)
 
     def _init_from_data(self, model) -> None:
         """A fresh run starts each trained session's neurons at their mean rate; with neuron_embed_init =
@@ -415,10 +432,6 @@ class TrainingSession:
                 rms = np.sqrt(np.mean(tuning**2, axis=0))
                 model.identity.set_leading_dims(tuning / np.where(rms > 0, rms, 1.0), start_row=start)
 
-    def _init_model_and_optimizer(self):
-        """Model and optimizer created inside one jit, so every parameter is born sharded in a single compile."""
-        return nnx.jit(lambda: create_model_and_optimizer(self.config, self.tx))()
-
     def _check_resumable(self) -> None:
         """UserError naming the config.model keys whose values differ from the workdir's checkpoint, before anything
         compiles (the saved weights fit only the model they were saved from)."""
@@ -439,16 +452,16 @@ class TrainingSession:
         _, meta = self.checkpointer.read_meta()
         return SessionLayout.from_dict(meta["layout"])
 
-    def _validation_windows(self, store):
+    def _validation_windows(self, store, reads: SessionLayout):
         try:
-            windows = pipeline.EvalWindows(store, self._read_layout(), block=self.config.model.num_samples,
+            windows = pipeline.EvalWindows(store, reads, block=self.config.model.num_samples,
                                            max_neurons=self.config.model.max_neurons,
                                            global_batch=self.config.train.batch_size, seed=self.config.seed,
                                            tier="validation", process_index=self.process_index,
                                            process_count=self.process_count)
         except UserError:
             return None  # no validation/oracle trials in the sessions read: no periodic validation loss
-        return self._map_windows(windows)
+        return self.spec.map_windows(windows)
 
     def _compile(self) -> None:
         start = time.monotonic()
