@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from device_flags import without_fake_devices
 from omnimouse_jax.config import load_config
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.errors import UserError
@@ -40,7 +41,7 @@ def _overrides(**values):
 
 def _env():
     # The subprocesses share this test session's compilation cache; conftest's 8-device flag is not theirs to keep.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": without_fake_devices(os.environ["XLA_FLAGS"])}
     return {**env, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir, "PYTHON": sys.executable}
 
 

@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from device_flags import without_fake_devices
 from omnimouse_jax import cli
 from omnimouse_jax.data.store import open_store
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
@@ -57,7 +58,7 @@ def swept(sweep_file, store, tmp_path_factory):
     """The micro-sweep run once, two runs at a time; child processes get one CPU device (compiles faster)."""
     workdir = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", ""))
+        mp.setenv("XLA_FLAGS", without_fake_devices(os.environ.get("XLA_FLAGS", "")))
         code = cli.main(_sweep_args(sweep_file, workdir, store, "--processes", "2"))
     return workdir, code
 
