@@ -17,7 +17,14 @@ import math
 import time
 from pathlib import Path
 
+from omnimouse_jax.data.store import open_store
+from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
+from omnimouse_jax.evaluate.regimes import EvalOptions, evaluate_workdir
+from omnimouse_jax.evaluate.report import ablation_markdown, paper_markdown
+from omnimouse_jax.files import write_text_atomic
 from omnimouse_jax.resources import shipped
+from omnimouse_jax.scaling import figures, sweep as sweeps
+from omnimouse_jax.scaling.fit import saturation_verdict
 
 SWEEP_FILE = shipped("experiments/sweeps/scaling_demo.py")
 # The regimes table's quick evaluation, sized to the demo's budget.
@@ -30,9 +37,6 @@ def _stage(number: int, text: str, start: float) -> None:
 
 def synthesize(store: Path, mice: int, seed: int) -> list[str]:
     """The demo's digital mice; reuses a complete store from an earlier demo."""
-    from omnimouse_jax.data.store import open_store
-    from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
-
     config = DigitalMiceConfig(mice=mice, seed=seed)
     if (store / "catalog.json").exists():
         names = open_store(store).sessions
@@ -44,8 +48,6 @@ def synthesize(store: Path, mice: int, seed: int) -> list[str]:
 def run_demo(out, *, steps: int = 60, processes: int = 2, bootstrap: int = 1000, mice: int = 3, seed: int = 0) -> int:
     """The demo's four stages into the directory `out` (see the module docstring), printing its progress; returns
     1 if a run of the sweep did not finish, else 0."""
-    from omnimouse_jax.scaling import figures, sweep as sweeps
-
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -70,8 +72,6 @@ def run_demo(out, *, steps: int = 60, processes: int = 2, bootstrap: int = 1000,
     main_run = _largest_run(rows)
     evaluation = None
     if main_run:  # the regimes table: the largest run against every baseline, fitted once here
-        from omnimouse_jax.evaluate.regimes import EvalOptions, evaluate_workdir
-
         evaluation = evaluate_workdir(main_run["workdir"], regimes="paper", split="test",
                                       out=out / "main_run_eval.json",
                                       options=EvalOptions(**QUICK_EVAL),
@@ -81,7 +81,6 @@ def run_demo(out, *, steps: int = 60, processes: int = 2, bootstrap: int = 1000,
     results = {"store": str(out / "store"), "sessions": names, "runs": rows, "failed_runs": failed,
                "fits": made["fits"].to_json(), "verdicts": verdicts, "main_run": main_run and main_run["name"],
                "evaluation": evaluation, "timings": timings}
-    from omnimouse_jax.files import write_text_atomic
 
     write_text_atomic(out / "results.json", json.dumps(_finite(results), indent=1))
     write_text_atomic(out / "report.md", _report(out, rows, made, evaluation, main_run, verdicts, failed, timings))
@@ -103,10 +102,8 @@ def data_trend(rows: list[dict], fits, y: str = "val_loss") -> tuple[bool, str]:
     It does when (1) at every size the loss (mean over seeds) drops at each step up in D, (2) the chinchilla fit's data
     exponent beta has a 95% interval above 0 with B > 0 (the law's data term, shared by every size), and (3) every
     size with enough distinct D for its own power fit's interval has an exponent interval above 0."""
-    from omnimouse_jax.scaling.figures import finished
-
     by_size: dict[str, dict[float, list[float]]] = {}
-    for r in finished(rows, y):
+    for r in figures.finished(rows, y):
         by_size.setdefault(r["size"], {}).setdefault(float(r["D"]), []).append(float(r[y]))
     chains, monotone = [], True
     for size, points in by_size.items():
@@ -137,8 +134,6 @@ def data_trend(rows: list[dict], fits, y: str = "val_loss") -> tuple[bool, str]:
 
 def _verdicts(rows: list[dict], fits) -> dict[str, str]:
     """Plain-words statements, each backed by the runs and an interval."""
-    from omnimouse_jax.scaling.fit import saturation_verdict
-
     every, evidence = data_trend(rows, fits)
     out = {"data": ("Loss falls with data at every model size" if every else
                     "Loss does not fall with data at every model size") + f" ({evidence}; 95% intervals)."}
@@ -149,8 +144,6 @@ def _verdicts(rows: list[dict], fits) -> dict[str, str]:
 
 
 def _report(out, rows, made, evaluation, main_run, verdicts, failed, timings) -> str:
-    from omnimouse_jax.evaluate.report import ablation_markdown, paper_markdown
-
     lines = ["# OmniMouse-JAX demo: scaling on digital mice", "",
              f"Total run time {timings['total_s']:.0f} s on this machine (synthesis {timings['synthesize_s']:.0f} s, "
              f"sweep {timings['sweep_s']:.0f} s, fits and figures {timings['fit_s']:.0f} s).", "",

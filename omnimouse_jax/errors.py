@@ -1,4 +1,6 @@
 """Errors that reach the user as one line and a non-zero exit code."""
+import os
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -15,8 +17,6 @@ def _nearest_existing(path):
 def check_directory_target(path, flag: str) -> None:
     """UserError unless `path` is a directory or does not exist yet (it will be created), in a place this process can
     write: a file there, or a read-only parent, would otherwise fail later as a raw OSError, after the work."""
-    from pathlib import Path
-
     path = Path(path)
     existing = _nearest_existing(path)
     if not existing.is_dir():
@@ -25,8 +25,6 @@ def check_directory_target(path, flag: str) -> None:
 
 
 def _require_writable(existing, flag: str, path) -> None:
-    import os
-
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {existing} is not writable")
 
@@ -34,8 +32,6 @@ def _require_writable(existing, flag: str, path) -> None:
 def check_writable_file_target(path, flag: str) -> None:
     """UserError unless a file can be written at `path`: its directory exists (or can be created) and is writable,
     and `path` itself is not a directory; checked before the work whose result goes there."""
-    from pathlib import Path
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a directory; expected a file path")

@@ -11,10 +11,15 @@
 Every `import` and `from ... import` in every module counts, including those inside functions: a lazy import is still
 a dependency. Modules of one layer may import each other, but no two modules may import each other, even through
 others (a cycle).
+
+Imports inside functions belong to the commands layer alone, where they keep `omnimouse --help` fast. Library modules
+import at module level, so that their dependencies show at the top; the few imports that must wait for a function
+are in ALLOWED_LAZY_IMPORTS, each with its reason.
 """
 from __future__ import annotations
 
 import ast
+import textwrap
 from pathlib import Path
 
 PACKAGE = "omnimouse_jax"
@@ -32,6 +37,17 @@ LAYERS = [
                    "omnimouse_jax.resources", "omnimouse_jax.files")),
 ]
 LOW = len(LAYERS) - 1
+# (module, imported module or package) pairs whose import may stay inside a function of a library module; the package
+# name covers its submodules. Anything else imported inside a function outside the commands layer fails the test.
+ALLOWED_LAZY_IMPORTS = {
+    # every `omnimouse --help` imports the data package, so it stays light: open_store loads the store on first use
+    ("omnimouse_jax.data", "omnimouse_jax.data.store"),
+    # pynwb (with h5py, hdmf and pandas) takes about a second to import, and `omnimouse --help` imports data/nwb.py
+    # for the import-nwb command's choices; only reading NWB files needs it
+    ("omnimouse_jax.data.nwb", "pynwb"),
+    # only drawing needs matplotlib; pyplot adds about half a second and is imported after the Agg backend is chosen
+    ("omnimouse_jax.scaling.figures", "matplotlib"),
+}
 # The only module allowed to reach into JAX's private modules and attributes.
 JAX_COMPAT = "omnimouse_jax.parallel._jax_compat"
 PRIVATE_JAX_ATTRIBUTES = ("_impl", "global_state")
@@ -57,6 +73,15 @@ def _is_module(name: str, root: Path) -> bool:
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
+def _from_source(node: ast.ImportFrom, package: str) -> str:
+    """The absolute name of the module a `from ... import` reads from, inside `package`."""
+    if not node.level:
+        return node.module or ""
+    # relative: from . import x / from ..a import b
+    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports_of(path: Path, root: Path) -> list[tuple[str, int]]:
     """(imported package module, line) for every import of this package in the file, wherever it stands."""
     module = module_name(path, root)
@@ -66,11 +91,7 @@ def imports_of(path: Path, root: Path) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from ..a import b
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _from_source(node, package)
             for alias in node.names:
                 candidate = f"{source}.{alias.name}"
                 found.append((candidate if _is_module(candidate, root) else source, node.lineno))
@@ -151,6 +172,55 @@ def import_cycles(graph: dict[str, dict[str, str]]) -> list[str]:
     return problems
 
 
+def lazy_imports_in(source: str, module: str, where: str, *, is_package: bool = False) -> list[tuple[str, str, str]]:
+    """(module, imported module, "where:line") for every import inside a function (or method, or function nested in
+    either) of the module's source, in line order; the imported module is the one after `import`, or the one a
+    `from ... import` reads from."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import):
+                found.extend((module, alias.name, f"{where}:{child.lineno}") for alias in child.names)
+            elif in_function and isinstance(child, ast.ImportFrom):
+                found.append((module, _from_source(child, package), f"{where}:{child.lineno}"))
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(ast.parse(source, filename=where), False)
+    return found
+
+
+def lazy_imports(root: Path = ROOT) -> list[tuple[str, str, str]]:
+    """lazy_imports_in for every module under root except the commands layer's, whose imports may wait for run()."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        if layer_of(module) == (0, "commands"):
+            continue
+        found += lazy_imports_in(path.read_text(), module, str(path.relative_to(root.parent)),
+                                 is_package=path.name == "__init__.py")
+    return found
+
+
+def _allows(entry: tuple[str, str], module: str, imported: str) -> bool:
+    allowed_module, allowed_import = entry
+    return module == allowed_module and (imported == allowed_import or imported.startswith(allowed_import + "."))
+
+
+def unallowed_lazy_imports(found: list[tuple[str, str, str]], allowed: set[tuple[str, str]]) -> list[str]:
+    """One line per import inside a function that no entry of `allowed` covers."""
+    return [f"{where}: {module} imports {imported} inside a function; import it at the top of the module, or add "
+            f"({module!r}, {imported!r}) to ALLOWED_LAZY_IMPORTS with the reason it must stay lazy"
+            for module, imported, where in found if not any(_allows(entry, module, imported) for entry in allowed)]
+
+
+def stale_lazy_allowances(found: list[tuple[str, str, str]], allowed: set[tuple[str, str]]) -> list[str]:
+    """One line per entry of `allowed` that covers no import inside a function: the import moved or went."""
+    return [f"ALLOWED_LAZY_IMPORTS: {entry!r} covers no import inside a function; remove it"
+            for entry in sorted(allowed) if not any(_allows(entry, module, imported) for module, imported, _ in found)]
+
+
 def private_jax_uses(root: Path = ROOT) -> list[str]:
     """Imports of jax._src (or other private jax modules) and private JAX attributes outside _jax_compat.py."""
     problems = []
@@ -185,6 +255,16 @@ def test_private_jax_only_in_jax_compat():
     assert not problems, "\n".join(problems)
 
 
+def test_library_modules_import_at_module_level():
+    problems = unallowed_lazy_imports(lazy_imports(), ALLOWED_LAZY_IMPORTS)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_allowed_lazy_import_is_still_lazy():
+    problems = stale_lazy_allowances(lazy_imports(), ALLOWED_LAZY_IMPORTS)
+    assert not problems, "\n".join(problems)
+
+
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert graph, "no modules found under " + str(ROOT)
@@ -210,3 +290,40 @@ def test_the_checks_report_an_upward_import_and_a_cycle():
                      "(omnimouse_jax/errors.py:5)")
     assert upward_imports({"omnimouse_jax.newthing": {}}) == [
         "omnimouse_jax.newthing: in no layer; add it to LAYERS in tests/test_layers.py"]
+
+
+def test_the_checks_report_a_function_level_import_and_a_stale_allowance():
+    source = textwrap.dedent("""\
+        import os
+
+
+        class Reader:
+            import json  # a class body runs with the module: not lazy
+
+            def read(self, path):
+                from .store import open_store  # relative: resolved against the package
+                from pynwb.image import ImageSeries  # covered by an allowance for the pynwb package
+
+                def decode():
+                    import numpy as np  # in a function inside a method
+                    return np
+                return open_store(path), ImageSeries, decode()
+        """)
+    found = lazy_imports_in(source, "omnimouse_jax.data.reader", "omnimouse_jax/data/reader.py")
+    assert found == [("omnimouse_jax.data.reader", "omnimouse_jax.data.store", "omnimouse_jax/data/reader.py:8"),
+                     ("omnimouse_jax.data.reader", "pynwb.image", "omnimouse_jax/data/reader.py:9"),
+                     ("omnimouse_jax.data.reader", "numpy", "omnimouse_jax/data/reader.py:12")]
+    allowed = {("omnimouse_jax.data.reader", "pynwb"), ("omnimouse_jax.data.reader", "matplotlib")}
+    assert unallowed_lazy_imports(found, allowed) == [
+        "omnimouse_jax/data/reader.py:8: omnimouse_jax.data.reader imports omnimouse_jax.data.store inside a function; "
+        "import it at the top of the module, or add ('omnimouse_jax.data.reader', 'omnimouse_jax.data.store') to "
+        "ALLOWED_LAZY_IMPORTS with the reason it must stay lazy",
+        "omnimouse_jax/data/reader.py:12: omnimouse_jax.data.reader imports numpy inside a function; import it at the "
+        "top of the module, or add ('omnimouse_jax.data.reader', 'numpy') to ALLOWED_LAZY_IMPORTS with the reason it "
+        "must stay lazy"]
+    assert stale_lazy_allowances(found, allowed) == [
+        "ALLOWED_LAZY_IMPORTS: ('omnimouse_jax.data.reader', 'matplotlib') covers no import inside a function; "
+        "remove it"]
+    # another module's import is not covered by this module's allowance, and the package name is no bare prefix
+    assert unallowed_lazy_imports([("omnimouse_jax.data.other", "pynwb", "x.py:1")], allowed) != []
+    assert unallowed_lazy_imports([("omnimouse_jax.data.reader", "pynwbx", "x.py:1")], allowed) != []

@@ -1,7 +1,6 @@
 """`omnimouse demo`: its command-line arguments and their checks; omnimouse_jax.demo does the work."""
 from __future__ import annotations
 
-from omnimouse_jax import demo
 from omnimouse_jax.errors import UserError, check_directory_target
 
 
@@ -15,6 +14,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from omnimouse_jax import demo
+
     if args.steps < 1 or args.processes < 1 or args.mice < 1 or args.bootstrap < 0:
         raise UserError("--steps, --processes and --mice must be positive and --bootstrap non-negative")
     check_directory_target(args.out, "--out")

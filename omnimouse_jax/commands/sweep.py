@@ -6,17 +6,17 @@ import dataclasses
 import sys
 
 from omnimouse_jax.errors import check_directory_target
-from omnimouse_jax.scaling import sweep as sweep_lib
 
 
 ACCEPTS_CONFIG_OVERRIDES = True
+LAUNCHERS = ("local", "slurm", "tpu", "print")  # local and print run here; slurm and tpu write submission scripts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE[:ARG]",
                         help="sweep file with get_sweep(arg), e.g. experiments/sweeps/scaling_demo.py")
     parser.add_argument("--workdir", required=True, metavar="S", help="sweep directory: runs/, status.json, runs.csv")
-    parser.add_argument("--launcher", choices=sweep_lib.LAUNCHERS, default="local",
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="local: run here (default); slurm: write a SLURM array submission; tpu: write a TPU-pod "
                              "submission; print: print the commands")
     parser.add_argument("--processes", type=int, default=1, metavar="N",
@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from omnimouse_jax.scaling import sweep as sweep_lib
+
     evaluate = False if args.no_evaluate else None
     check_directory_target(args.workdir, "--workdir")
     sweep = sweep_lib.load_sweep(args.config, args.workdir, getattr(args, "config_overrides", []), evaluate=evaluate)

@@ -1,8 +1,6 @@
 """`omnimouse train`: its command-line arguments and their checks; omnimouse_jax.train.trainer does the work."""
 from __future__ import annotations
 
-from omnimouse_jax.train import trainer
-
 
 ACCEPTS_CONFIG_OVERRIDES = True
 
@@ -26,6 +24,7 @@ def run(args) -> int:
     from omnimouse_jax.config import load_config
     from omnimouse_jax.errors import UserError, check_directory_target
     from omnimouse_jax.parallel import distributed
+    from omnimouse_jax.train import trainer
 
     if args.compile_only:
         config = load_config(args.config, getattr(args, "config_overrides", []))

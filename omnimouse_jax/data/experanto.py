@@ -42,11 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from omnimouse_jax.data.importing import (Pieces, check_sample_times, covered_runs, should_import,
                                          with_pupil_derivative)
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
+from omnimouse_jax.data.store import SessionWriter
 from omnimouse_jax.errors import UserError
 
 SEQUENCE_DEVICES = ("responses", "eye_tracker", "treadmill")
@@ -61,8 +63,6 @@ _QUERY_ELEMENTS = 1 << 21  # grid samples x signals resampled at once (~16 MB pe
 
 
 def _load_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         with open(path) as f:
             obj = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -374,8 +374,6 @@ def _video_id(stimulus_id: str) -> int:
 
 def import_session(source: _Source, out, interpolation: str = "nearest", replace: bool = False, log=print) -> bool:
     """Imports one checked source session into store `out`; False if already there and `replace` is off."""
-    from omnimouse_jax.data.store import SessionWriter
-
     if not should_import(out, source.name, interpolation, replace, log):
         return False
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
+from omnimouse_jax.data.store import session_exists
 from omnimouse_jax.errors import UserError
 
 INTERPOLATIONS = ("nearest", "linear")
@@ -23,8 +24,6 @@ PUPIL_DERIVATIVE = BEHAVIOR_CHANNELS.index("pupil_dilation_derivative")
 def should_import(out, name: str, interpolation: str, replace: bool, log) -> bool:
     """False, and says so, when session `name` is already in store `out` and `replace` is off; UserError for an
     unknown interpolation."""
-    from omnimouse_jax.data.store import session_exists
-
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
     if not replace and session_exists(out, name):

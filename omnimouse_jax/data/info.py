@@ -1,11 +1,11 @@
 """`omnimouse data info STORE [--json]`: what a session store holds, per session and in total."""
 from __future__ import annotations
 
+from omnimouse_jax.data.store import open_store
+
 
 def summarize(path) -> dict:
     """Per-session metadata plus totals: neural tokens (neurons x samples with responses) and their hours."""
-    from omnimouse_jax.data.store import open_store
-
     store = open_store(path)
     sessions = []
     for name in store.sessions:

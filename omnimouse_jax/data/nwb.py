@@ -40,6 +40,9 @@ into its covered runs (later runs get fresh source indices above every table row
 All files are opened and checked (series, shapes, timestamps, tables, frame counts, template indices) before anything
 is written; each session is then written atomically. Data are read per trial (only the rows a trial brackets), so RAM
 is bounded by the longest trial.
+
+pynwb (with h5py, hdmf and pandas, about a second) is imported inside the functions that read NWB files: `omnimouse
+--help` imports this module for the command's choices, and most users never read NWB.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from omnimouse_jax.data.importing import (INTERPOLATIONS, Pieces, check_sample_t
                                          with_pupil_derivative)
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
+from omnimouse_jax.data.store import SessionWriter
 from omnimouse_jax.errors import UserError
 
 RUNNING_NAMES = ("running_speed", "speed")
@@ -81,7 +85,7 @@ def _show(path: tuple[str, ...]) -> str:
 def _walk(nwbfile):
     """(path, series, parent container or None) for every TimeSeries in acquisition, stimulus and processing,
     directly or one container deep (e.g. processing/ophys/DfOverF/plane0)."""
-    from pynwb import TimeSeries
+    from pynwb import TimeSeries  # lazy: pynwb is heavy (~1 s)
 
     def children(prefix, objects):
         for name, obj in objects.items():
@@ -201,7 +205,7 @@ class _Stimulus:
     """Every presentation of the chosen stimulus series on one time axis: onset, series and frame index."""
 
     def __init__(self, file: Path, chosen: list[tuple[tuple[str, ...], object]]):
-        from pynwb.image import ImageSeries, IndexSeries
+        from pynwb.image import ImageSeries, IndexSeries  # lazy: pynwb is heavy (~1 s)
 
         self.names = [_show(p) for p, _ in chosen]
         self.sources, onsets, series_of, index = [], [], [], []
@@ -309,7 +313,7 @@ class _Source:
     """One NWB file, opened and checked up front: chosen series, their time axes and shapes, trials."""
 
     def __init__(self, path: Path, choices: dict, trials: str, stack: contextlib.ExitStack):
-        from pynwb import NWBHDF5IO
+        from pynwb import NWBHDF5IO  # lazy: pynwb is heavy (~1 s)
 
         self.path, self.name = path, path.stem
         try:
@@ -336,7 +340,7 @@ class _Source:
         self.trial_source, self.trials = self._trials(trials)
 
     def _responses(self, series, names):
-        from pynwb.ophys import DfOverF, Fluorescence, RoiResponseSeries
+        from pynwb.ophys import DfOverF, Fluorescence, RoiResponseSeries  # lazy: pynwb is heavy (~1 s)
 
         found = [(p, s, c) for p, s, c in series if isinstance(s, RoiResponseSeries)
                  and isinstance(c, (DfOverF, Fluorescence))]
@@ -371,8 +375,8 @@ class _Source:
         return np.asarray(signal.series.rois.table.id[:])[rows]
 
     def _pick_stimulus(self, series, names):
-        from pynwb.image import ImageMaskSeries, ImageSeries, IndexSeries, OpticalSeries
-        from pynwb.ophys import OnePhotonSeries, TwoPhotonSeries
+        from pynwb.image import ImageMaskSeries, ImageSeries, IndexSeries, OpticalSeries  # lazy: pynwb is heavy (~1 s)
+        from pynwb.ophys import OnePhotonSeries, TwoPhotonSeries  # lazy: pynwb is heavy (~1 s)
 
         def is_stimulus(s):
             return isinstance(s, IndexSeries) or isinstance(s, ImageSeries) and not isinstance(
@@ -399,8 +403,8 @@ class _Source:
 
     @staticmethod
     def _inside(series, container: str, kind: str = "TimeSeries"):
-        from pynwb import TimeSeries
-        from pynwb.behavior import SpatialSeries
+        from pynwb import TimeSeries  # lazy: pynwb is heavy (~1 s)
+        from pynwb.behavior import SpatialSeries  # lazy: pynwb is heavy (~1 s)
 
         cls = SpatialSeries if kind == "SpatialSeries" else TimeSeries
         return [(p, s) for p, s, c in series if type(c).__name__ == container and isinstance(s, cls)]
@@ -466,8 +470,6 @@ def _behavior(source: _Source, t_S: np.ndarray, mode: str, uncovered: Counter) -
 
 def import_session(source: _Source, out, interpolation: str = "nearest", replace: bool = False, log=print) -> bool:
     """Imports one checked NWB source into store `out`; False if already there and `replace` is off."""
-    from omnimouse_jax.data.store import SessionWriter
-
     if not should_import(out, source.name, interpolation, replace, log):
         return False
     t0 = time.perf_counter()

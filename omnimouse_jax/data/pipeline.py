@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import grain
 import numpy as np
 
 from omnimouse_jax.data.layout import SessionLayout
@@ -374,8 +375,6 @@ def _strided_windows(start: int, stop: int, block: int, stride: int):
 
 def train_dataset(windows: TrainWindows, *, start_batch: int = 0, num_threads: int = 4, prefetch: int = 8):
     """A grain IterDataset of per-host training batches; its iterator's state is the next global batch index."""
-    import grain
-
     return (grain.MapDataset.range(start_batch, 2**62)
             .map(windows)
             .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
@@ -384,8 +383,6 @@ def train_dataset(windows: TrainWindows, *, start_batch: int = 0, num_threads: i
 def eval_dataset(windows: EvalWindows, *, num_threads: int = 4, prefetch: int = 8,
                  batches: Sequence[int] | None = None):
     """A grain IterDataset over every evaluation batch once, in order (or over the batch indices `batches`)."""
-    import grain
-
     indices = range(len(windows)) if batches is None else [int(b) for b in batches]
     return (grain.MapDataset.source(indices)
             .map(windows)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.store import SessionWriter, session_exists
 from omnimouse_jax.errors import UserError
 
 SAMPLING_RATE = 30.0
@@ -183,8 +184,6 @@ def _frames_last(source: _Source, rel: str, leading: tuple[int, ...], what: str)
 
 def import_session(source: _Source, out, replace: bool = False, log=print) -> bool:
     """Imports one source session into store `out`; False if it was already there and `replace` is off."""
-    from omnimouse_jax.data.store import SessionWriter, session_exists
-
     if not replace and session_exists(out, source.name):
         log(f"{source.name}: already in {out}, skipped (use --replace to rewrite it)")
         return False

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorstore as ts
 
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.files import write_json_atomic
@@ -123,8 +124,6 @@ class _AppendArray:
     """Appends rows to a zarr3 array, writing whole shards only, so each shard file is written exactly once."""
 
     def __init__(self, path: Path, row_shape, dtype: str, read_rows: int, dims: list[str]):
-        import tensorstore as ts
-
         self.row_shape = tuple(row_shape)
         self.dtype = np.dtype(dtype)
         self.array = ts.open(_zarr_spec(path, self.row_shape, dtype, read_rows, dims)).result()
@@ -490,8 +489,6 @@ class Session:
     """Read access to one session: metadata, trial table, neurons, train-tier statistics, and sample windows."""
 
     def __init__(self, root, name: str, manifest_sha256: str | None = None):
-        import tensorstore as ts
-
         self.root, self.name = Path(root), name
         self.path = self.root / name
         self.manifest = read_json(self.path / "manifest.json", "a session manifest")

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.store import SessionWriter
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.files import atomic_open
 
@@ -445,8 +446,6 @@ def _histogram_statistics(counts: np.ndarray) -> dict:
 
 
 def _write_store_session(root: Path, mouse: DigitalMouse) -> None:
-    from omnimouse_jax.data.store import SessionWriter
-
     gt_path = Path("ground_truth") / f"{mouse.name}.npz"
     latents = []
     # The animal is named as the Sensorium importer names it (the folder name's first part), so both layouts agree.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omnimouse_jax.data.store import (PARTIAL_PREFIX, SIDECAR_DIRS, TRASH_PREFIX, Session, load_catalog, load_npz,
+                                      read_json, sha256_file, verify_checksums)
 from omnimouse_jax.errors import UserError
 
 _TRIAL_KEYS = ("start", "stop", "tier", "video_id", "source_index", "has_responses", "video_scale", "video_offset")
@@ -65,8 +67,6 @@ def _scan_problems(session) -> list[str]:
 
 def check_session(root: Path, name: str, entry: dict) -> list[str]:
     """Problems with one catalogued session, each naming the file."""
-    from omnimouse_jax.data.store import Session, verify_checksums, read_json, sha256_file, load_npz
-
     path = root / name
     if not (path / "manifest.json").is_file():
         return [f"{path / 'manifest.json'}: missing; catalog.json lists session {name!r}"]
@@ -102,8 +102,6 @@ def check_session(root: Path, name: str, entry: dict) -> list[str]:
 
 def check_store(path) -> tuple[list[str], list[str]]:
     """(problems, notes) for the store at `path`; problems make it unsound, notes do not."""
-    from omnimouse_jax.data.store import PARTIAL_PREFIX, SIDECAR_DIRS, TRASH_PREFIX, load_catalog
-
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: not a directory; expected a session store")

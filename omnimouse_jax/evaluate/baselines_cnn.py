@@ -15,7 +15,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 from omnimouse_jax.data.synthetic import VIDEO_MEAN, VIDEO_STD
 from omnimouse_jax.evaluate.baselines import MeanBaseline
@@ -36,9 +40,6 @@ class CNNConfig:
 
 
 def _model(config: CNNConfig, frame_shape, num_rows: int, num_behavior: int):
-    import jax.numpy as jnp
-    from flax import nnx
-
     class VideoCNN(nnx.Module):
         def __init__(self, rngs: nnx.Rngs):
             kt, ks, width = config.temporal_kernel, config.spatial_kernel, config.channels
@@ -85,11 +86,6 @@ class CNNBaseline(MeanBaseline):
 
     def fit(self, train_batches, strategy=None) -> "CNNBaseline":
         """Trains on up to config.steps batches of `train_batches`, one optimizer step each."""
-        import jax
-        import jax.numpy as jnp
-        import optax
-        from flax import nnx
-
         cfg = self.config
         batches = iter(train_batches)
         first = list(itertools.islice(batches, cfg.init_batches))

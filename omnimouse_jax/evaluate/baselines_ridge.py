@@ -10,6 +10,7 @@ import numpy as np
 
 from omnimouse_jax.evaluate.baselines import (ALPHAS, DEFAULT_ALPHA, MIN_RATE, MeanBaseline, RidgeStats, fit_ridge,
                                               held_out, replayable, ridge_solve)
+from omnimouse_jax.model.masking import make_masks, strategy_arrays
 
 
 def _real_slots(batch, b) -> np.ndarray:
@@ -213,8 +214,6 @@ class RidgeAutoregression(MeanBaseline):
 
 def _strategy_windows(strategy, T: int) -> tuple[np.ndarray, np.ndarray]:
     """(visible (T,), target (T,)) samples of the strategy for a neuron it shows and scores, per masking.make_masks."""
-    from omnimouse_jax.model.masking import make_masks, strategy_arrays
-
     masks = make_masks(strategy_arrays(strategy), np.ones((1, 1), bool), T)
     return np.asarray(masks.response_visible)[0, :, 0], np.asarray(masks.response_target)[0, :, 0]
 

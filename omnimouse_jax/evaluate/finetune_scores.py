@@ -8,6 +8,13 @@ new sessions (docs/finetuning.md).
 """
 from __future__ import annotations
 
+from omnimouse_jax.data import pipeline
+from omnimouse_jax.data.store import open_store
+from omnimouse_jax.evaluate.metrics import MetricSuite
+from omnimouse_jax.evaluate.regimes import CEILING_FIELD, ModelPredictor, eval_stride
+from omnimouse_jax.train.finetune import SubLayout
+from omnimouse_jax.train.restore import load_trained
+
 
 def score_sessions(workdir, sessions=None, *, store=None, split: str = "test", preset: str = "video_behavior",
                    batch_size: int | None = None) -> dict:
@@ -15,13 +22,6 @@ def score_sessions(workdir, sessions=None, *, store=None, split: str = "test", p
     config.data.sessions) of `split`, under masking `preset`, from the store it trained on (or `store`). The
     neural-prediction score is result["response/correlation"]; on digital mice, result["ceiling"] holds the same
     metrics of the true rates. Unlike `omnimouse evaluate`, the store needs only these sessions."""
-    from omnimouse_jax.data import pipeline
-    from omnimouse_jax.data.store import open_store
-    from omnimouse_jax.evaluate.metrics import MetricSuite
-    from omnimouse_jax.evaluate.regimes import CEILING_FIELD, ModelPredictor, eval_stride
-    from omnimouse_jax.train.finetune import SubLayout
-    from omnimouse_jax.train.restore import load_trained
-
     trained = load_trained(workdir)
     config = trained.config
     if sessions is None:

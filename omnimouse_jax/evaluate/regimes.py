@@ -56,15 +56,30 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from flax import nnx
 
 from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.store import open_store
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.evaluate import baselines_cnn
+from omnimouse_jax.evaluate.baselines import MeanBaseline, PersistenceBaseline
+from omnimouse_jax.evaluate.baselines_ln import LNBaseline
+from omnimouse_jax.evaluate.baselines_ridge import RidgeAutoregression, RidgeDecoder, RidgePopulation
+from omnimouse_jax.evaluate.metrics import SENSORIUM_SKIP, MetricSuite, repeated_trials
+from omnimouse_jax.evaluate.planted import planted_recovery
+from omnimouse_jax.evaluate.report import markdown
 from omnimouse_jax.files import AtomicFile, atomic_open, write_json_atomic, write_text_atomic
 from omnimouse_jax.model import masking
-from omnimouse_jax.parallel import compile_cache
+from omnimouse_jax.parallel import compile_cache, sharding
+from omnimouse_jax.train.checkpoint import saved_record
+from omnimouse_jax.train.restore import config_from_json, load_trained
+from omnimouse_jax.train.session import MODEL_FIELDS
 
 GAZE_KEY = "behavior/gaze/correlation"
 # The paper's results table: column -> (preset, metric key). Behavior columns decode behavior from neurons alone.
@@ -176,12 +191,6 @@ class ModelPredictor:
     """A trained model behind one compiled function of (state, batch, preset fields) -> (predictions, masks)."""
 
     def __init__(self, trained, example_batch: Mapping[str, np.ndarray]):
-        import jax
-        from flax import nnx
-
-        from omnimouse_jax.parallel import sharding
-        from omnimouse_jax.train.session import MODEL_FIELDS
-
         self.trained, self.fields = trained, MODEL_FIELDS
         self.sharding = sharding.batch_sharding(trained.mesh)
         graphdef, self.state = nnx.split(trained.model)
@@ -197,8 +206,6 @@ class ModelPredictor:
                 masking.strategy_arrays(masking.PRESETS[masking.EVAL_PRESETS[0]])).compile()
 
     def device_batch(self, host: Mapping[str, np.ndarray]) -> dict:
-        import jax
-
         return {k: jax.make_array_from_process_local_data(self.sharding, host[k]) for k in self.fields}
 
     def dispatch(self, device_batch: dict, preset: str):
@@ -207,8 +214,6 @@ class ModelPredictor:
 
     @staticmethod
     def fetch(result) -> tuple[dict[str, np.ndarray], masking.Masks]:
-        import jax
-
         predictions, masks = jax.device_get(result)
         return {k: np.asarray(v, np.float32) for k, v in predictions.items()}, masking.Masks(*map(np.asarray, masks))
 
@@ -228,8 +233,6 @@ class RidgeRegimes:
     through its response windows, so presets that differ in video or behavior share one fit."""
 
     def __init__(self, layout, train_batches: list[dict]):
-        from omnimouse_jax.evaluate.baselines_ridge import RidgeDecoder
-
         self.layout, self.train_batches = layout, train_batches
         self.decoder = RidgeDecoder(layout).fit(train_batches)
         self._fits: dict = {}
@@ -239,8 +242,6 @@ class RidgeRegimes:
         return _response_input(strategy)
 
     def _response_model(self, s: masking.MaskingStrategy):
-        from omnimouse_jax.evaluate.baselines_ridge import RidgeAutoregression, RidgePopulation
-
         if s.n_visible_neurons is not None:
             key, make = ("population", s.n_visible_neurons), RidgePopulation
         else:
@@ -264,8 +265,6 @@ class Baselines:
 
     def __init__(self, names: Sequence[str], store, layout, *, block: int, max_neurons: int, seed: int,
                  options: EvalOptions, log: Callable[[str], None]):
-        from omnimouse_jax.evaluate import baselines, baselines_ln
-
         self.names = list(names)
         self.models: dict = {}
         self._cnn_cache: dict = {}
@@ -278,10 +277,10 @@ class Baselines:
                                       options.train_batches))
         log(f"baselines: fitting {', '.join(self.names)} on {len(train)} training batches")
         fits = {
-            "mean": lambda: baselines.MeanBaseline(layout).fit(train),
-            "persistence": lambda: baselines.PersistenceBaseline(layout).fit(train),
+            "mean": lambda: MeanBaseline(layout).fit(train),
+            "persistence": lambda: PersistenceBaseline(layout).fit(train),
             "ridge": lambda: RidgeRegimes(layout, train),
-            "ln": lambda: baselines_ln.LNBaseline(layout).fit(train),
+            "ln": lambda: LNBaseline(layout).fit(train),
             "cnn": lambda: self._fit_cnn(store, layout, block, max_neurons, seed, options),
         }
         for name in BASELINES:  # a fixed order, whatever the order of `names`
@@ -293,8 +292,6 @@ class Baselines:
 
     @staticmethod
     def _fit_cnn(store, layout, block, max_neurons, seed, options):
-        from omnimouse_jax.evaluate import baselines_cnn
-
         short = pipeline.TrainWindows(store, layout, block=min(options.cnn_block, block), max_neurons=max_neurons,
                                       global_batch=8, seed=seed + 1)
         config = baselines_cnn.CNNConfig(channels=8, layers=2, steps=options.cnn_steps, learning_rate=1e-2, seed=seed)
@@ -374,8 +371,6 @@ class InputAblation:
     batches of one evaluation batch, `update` scores a prediction, `entry` gives a regime's eval.json entry."""
 
     def __init__(self, presets: Sequence[str], layout):
-        from omnimouse_jax.evaluate.metrics import MetricSuite
-
         self.inputs = {p: ablated_inputs(p) for p in presets if ablated_inputs(p)}
         self.suites = {(p, name): MetricSuite(layout) for p, names in self.inputs.items()
                        for name in ("intact", *names)}
@@ -475,11 +470,6 @@ class SensoriumSubmission:
     The evaluation windows of a trial are consecutive, so a trial is written as soon as the windows move past it."""
 
     def __init__(self, path, windows: pipeline.EvalWindows, layout):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from omnimouse_jax.evaluate.metrics import SENSORIUM_SKIP
-
         self.path, self.windows, self.layout, self.skip = Path(path), windows, layout, SENSORIUM_SKIP
         self.schema = pa.schema([("mouse", pa.string()), ("trial_indices", pa.int64()),
                                  ("prediction", pa.list_(pa.list_(pa.float32()))),
@@ -508,8 +498,6 @@ class SensoriumSubmission:
         return int(t["stop"][row] - t["start"][row])
 
     def _flush(self) -> None:
-        import pyarrow as pa
-
         for (k, trial), prediction in self.pending.items():
             session = self.windows.reader.sessions[k]
             kept = prediction[:, self.skip:]
@@ -579,13 +567,6 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
     <out dir or workdir>/predictions/PRESET.npz (PredictionRecorder); sensorium_submission: a parquet path for the
     Sensorium 2023 submission (adds SUBMISSION_PRESET to the regimes; needs every batch, so no options.max_batches).
     UserError for a workdir without a checkpoint, an unknown or unfitting regime, or a split without trials."""
-    import jax
-
-    from omnimouse_jax.data.store import open_store
-    from omnimouse_jax.train.checkpoint import saved_record
-    from omnimouse_jax.evaluate.report import markdown
-    from omnimouse_jax.train.restore import config_from_json, load_trained
-
     log = log or (lambda message: None)
     workdir = Path(workdir)
     if jax.process_count() > 1:
@@ -688,8 +669,6 @@ def evaluate_workdir(workdir, *, regimes="all", split: str = "test", baselines: 
         result["sensorium_submission"] = {"path": str(sensorium_submission), "trials": submission.rows}
     truth = store_path / "ground_truth"
     if all((truth / f"{name}.npz").is_file() for name in layout.names):  # digital mice: what was planted
-        from omnimouse_jax.evaluate.planted import planted_recovery
-
         result["planted_r2"] = planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), layout, truth)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)  # checked creatable before the work (report.run)
@@ -706,8 +685,6 @@ def _score(presets, windows, chosen, model, specialized, fitted, ceiling, store,
 
     `model` and the specialized predictors need only `device_batch(host)`, `dispatch(device_batch, preset)` (which
     may start the work asynchronously) and `fetch(result) -> (predictions, masks)` (ModelPredictor's interface)."""
-    from omnimouse_jax.evaluate.metrics import MetricSuite, repeated_trials
-
     trial_videos = repeated_trials(store, windows.reader.layout, split)
     trial_videos = trial_videos if any(trial_videos) else None
 
@@ -821,8 +798,6 @@ def _regime_entry(scores: dict[str, dict]) -> dict:
 def _load_specialized(workdirs: Mapping[str, str], main, presets: Sequence[str], example) -> dict:
     """{name: (ModelPredictor, presets it is evaluated in)} for specialized workdirs: those of its training mix (all
     presets for a multi-task mix). Their sessions, block and neuron budget must match the main model's."""
-    from omnimouse_jax.train.restore import load_trained
-
     out = {}
     for name, path in workdirs.items():
         trained = load_trained(path)

@@ -17,6 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import (splash_attention_kernel as splash_kernel,
+                                                              splash_attention_mask as splash_mask)
 
 # Masked logits: finite, so that a row whose keys are all masked so far stays finite; a later valid key's
 # correction factor exp(NEG - m) is exactly 0 and wipes what the masked keys added.
@@ -250,24 +252,21 @@ def splash_attention(q, k, v, key_valid_BxS=None, *, interpret: bool = False) ->
     """Pallas splash attention with key validity as segment ids (a query's segment 1 matches only valid keys);
     lengths and the head dim padded to SPLASH_BLOCK (zero channels add nothing to the logits and are dropped from the
     output). `interpret` runs the kernel in the Pallas interpreter (any backend, slow)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
     b, nq, h, dh = q.shape
     nk = k.shape[1]
     q_len, k_len = (-(-n // SPLASH_BLOCK) * SPLASH_BLOCK for n in (nq, nk))
     valid = jnp.ones((b, nk), bool) if key_valid_BxS is None else jnp.asarray(key_valid_BxS, bool)
     q_segment = jnp.ones((b, q_len), jnp.int32)
     kv_segment = _pad_axis(valid.astype(jnp.int32), 1, k_len)
-    mask = masks.MultiHeadMask([masks.FullMask((q_len, k_len)) for _ in range(h)])
-    sizes = splash.BlockSizes(block_q=SPLASH_BLOCK, block_kv_compute=SPLASH_BLOCK, block_kv=SPLASH_BLOCK,
+    mask = splash_mask.MultiHeadMask([splash_mask.FullMask((q_len, k_len)) for _ in range(h)])
+    sizes = splash_kernel.BlockSizes(block_q=SPLASH_BLOCK, block_kv_compute=SPLASH_BLOCK, block_kv=SPLASH_BLOCK,
                               block_q_dkv=SPLASH_BLOCK, block_kv_dkv=SPLASH_BLOCK,
                               block_kv_dkv_compute=SPLASH_BLOCK, block_q_dq=SPLASH_BLOCK, block_kv_dq=SPLASH_BLOCK)
-    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    kernel = splash_kernel.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
     dh_len = -(-dh // SPLASH_BLOCK) * SPLASH_BLOCK
     heads_first = lambda x, length: jnp.swapaxes(_pad_axis(_pad_axis(x, 3, dh_len), 1, length), 1, 2)  # noqa: E731
     qh = heads_first(q * (1.0 / np.sqrt(dh)), q_len)
     kh, vh = heads_first(k, k_len), heads_first(v, k_len)
-    one = lambda qx, kx, vx, qs, ks: kernel(qx, kx, vx, segment_ids=splash.SegmentIds(q=qs, kv=ks))  # noqa: E731
+    one = lambda qx, kx, vx, qs, ks: kernel(qx, kx, vx, segment_ids=splash_kernel.SegmentIds(q=qs, kv=ks))  # noqa: E731
     out = jax.vmap(one)(qh, kh, vh, q_segment, kv_segment)
     return jnp.swapaxes(out, 1, 2)[:, :nq, :, :dh].astype(q.dtype)

@@ -22,7 +22,10 @@ import sys
 import time
 from collections.abc import Mapping
 
+import jax
+
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.parallel import _jax_compat
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -68,7 +71,6 @@ def detect(coordinator: str | None = None, num_processes: int | None = None, pro
         return ProcessGroup("flags", coordinator, num_processes, process_id)
     if all(var in environ for var in _SLURM_VARS) and int(environ["SLURM_NTASKS"]) > 1:
         return ProcessGroup("slurm", None, int(environ["SLURM_NTASKS"]), int(environ["SLURM_PROCID"]))
-    from omnimouse_jax.parallel import _jax_compat
 
     if _jax_compat.running_in_cloud_tpu_vm():
         return ProcessGroup("tpu")
@@ -80,10 +82,6 @@ def initialize(group: ProcessGroup | None, *, timeout_s: int = 300) -> None:
 
     Must run before any device is used: a backend created earlier would not see the other processes. Raises
     DistributedError naming this process if the coordinator cannot be reached or a peer does not join in time."""
-    import jax
-
-    from omnimouse_jax.parallel import _jax_compat
-
     if group is None or jax.distributed.is_initialized():
         return
     if _jax_compat.backends_are_initialized():
@@ -126,10 +124,6 @@ def check_same_config(config_json: str, *, timeout_s: int = 300) -> None:
 
     Each process publishes its config through the coordinator's key-value store and compares its own with every
     other's; a process that never publishes makes the others fail after `timeout_s`. A no-op in a single process."""
-    import jax
-
-    from omnimouse_jax.parallel import _jax_compat
-
     client = _jax_compat.distributed_client()
     if client is None or jax.process_count() == 1:
         return
@@ -165,6 +159,4 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 def is_main_process() -> bool:
     """True on the process that writes run-wide files (metrics.jsonl, config.json, TensorBoard)."""
-    import jax
-
     return jax.process_index() == 0

@@ -13,8 +13,11 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
+
+from omnimouse_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -46,8 +49,6 @@ _PARAM_RULES = dict(PARAM_RULES)
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
     """A mesh with axes (data, fsdp, tensor) from config.mesh; one axis may be -1 to take the remaining devices."""
-    from omnimouse_jax.errors import UserError
-
     devices = list(devices if devices is not None else jax.devices())
     sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
     free = [axis for axis, size in sizes.items() if size == -1]
@@ -107,8 +108,6 @@ def take_rows(table: jax.Array, index: jax.Array, rows_axis: str) -> jax.Array:
     its own rows (zeros elsewhere) and a reduce-scatter hands every device the complete rows of its batch shard. The
     gradient is scattered into each device's own rows, so it and the optimizer state stay split like the table.
     Without a mesh, or when the table is not split, this is jnp.take."""
-    import jax.numpy as jnp
-
     axis, batch = _PARAM_RULES[rows_axis], _RULES["batch"]
     mesh = jax.sharding.get_abstract_mesh()
     if (not _mesh_active() or not isinstance(axis, str) or mesh.shape[axis] == 1 or axis not in batch

@@ -1,5 +1,6 @@
 """A CSV's numeric columns, and the names of the fitted forms: what `omnimouse fit` (omnimouse_jax/commands/fit.py)
-needs before it imports jax, for --help and for its input checks. The fit itself is omnimouse_jax/scaling/fit.py.
+needs before it imports jax, for --help and for its input checks, and the forms `omnimouse figures` offers. The fit
+itself is omnimouse_jax/scaling/fit.py, the figures omnimouse_jax/scaling/figures.py.
 
     omnimouse fit --csv tests/data/chinchilla_points.csv --form chinchilla --x params,tokens --y loss \\
         --exclude-top-loss 5 [--bootstrap 1000] [--budget 5.76e23] [--json]
@@ -12,6 +13,7 @@ import sys
 from omnimouse_jax.errors import UserError
 
 FORM_NAMES = ("chinchilla", "power", "bounded", "bnsl", "loglinear")  # kept equal to fit.FORMS (tested); no jax at --help
+FORM_CHOICES = ("auto", "chinchilla", "power")  # `omnimouse figures --form`: every fit the sweep supports, or one
 
 
 def read_columns(path: str, names: list[str]) -> dict[str, list[float]]:

@@ -27,10 +27,11 @@ import numpy as np
 
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.files import write_text_atomic
+from omnimouse_jax.scaling.columns import FORM_CHOICES
+from omnimouse_jax.scaling.fit import fit_law
 from omnimouse_jax.scaling.sweep import METRIC_COLUMNS, RUN_COLUMNS
 
 FORMATS = ("png", "svg")
-FORM_CHOICES = ("auto", "chinchilla", "power")
 METRIC_TITLES = {slug: title for title, slug in METRIC_COLUMNS.items()}
 _TEXT_COLUMNS = ("name", "size", "status", "error", "workdir")
 
@@ -92,8 +93,6 @@ class SweepFits:
 
 
 def _fit(x, y, form, what: str, *, bootstrap: int, seed: int, strict: bool, notes: list, x_names, y_name):
-    from omnimouse_jax.scaling.fit import fit_law
-
     try:
         return fit_law(x, y, form, bootstrap=bootstrap, seed=seed, holdout_top=0, x_names=x_names, y_name=y_name)
     except UserError as err:
@@ -233,7 +232,7 @@ def readable_log_axis(axis) -> None:
     """Plain tick labels on a log axis spanning less than two decades (call after plotting). Matplotlib labels such
     an axis at its minor ticks in scientific form (8.6x10^-1); plain numbers in 1-2-5 steps, or evenly spaced within
     a decade, read as the values they are."""
-    from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullLocator, ScalarFormatter  # lazy: drawing
 
     lo, hi = sorted(axis.get_view_interval())
     if hi >= 100 * lo:
@@ -456,10 +455,10 @@ def make_figures(sweep_dir, out, *, y: str = "val_loss", form: str = "auto", boo
     """Reads S/runs.csv, fits, and writes the figures (PNG and SVG), scaling.md and fits.json into `out`.
 
     Returns {"figures": [paths], "table": path, "fits_json": path, "fits": SweepFits}."""
-    import matplotlib
+    import matplotlib  # lazy: only drawing needs matplotlib (pyplot adds about 0.5 s to an import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the file-only backend is chosen
 
     sweep_dir, out = Path(sweep_dir), Path(out)
     rows = read_runs(sweep_dir / "runs.csv")

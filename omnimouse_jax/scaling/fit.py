@@ -27,7 +27,10 @@ import json
 import math
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from omnimouse_jax.errors import UserError
 
@@ -398,11 +401,7 @@ def _fitted_y(form: str, y_N: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _engine():
-    """Builds the jitted JAX kernels on first use, so importing this module stays light."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
+    """Builds the jitted JAX kernels on first use."""
     def log_terms(form, psi, lx_NxD):
         """Logs of the power-law terms without their coefficients: (N, n_linear - 1)."""
         if form == "bnsl":
@@ -521,7 +520,7 @@ def _engine():
     def predict(form, theta, lx):
         return log_pred(form, theta, lx)
 
-    return jax, jnp, seeds, polish, predict
+    return seeds, polish, predict
 
 
 def _padded(lx_NxD: np.ndarray, ly_N: np.ndarray, w_RxN: np.ndarray):
@@ -535,7 +534,7 @@ def _padded(lx_NxD: np.ndarray, ly_N: np.ndarray, w_RxN: np.ndarray):
 
 def _lse_fit(form: str, x_NxD, y_N, w_RxN, extra_starts, scale: float, coarse: bool, top: int):
     """Variable-projection starts plus `extra_starts` (R, E, k), polished; the best lane per resample."""
-    jax, jnp, seeds, polish, _ = _engine()
+    seeds, polish, _ = _engine()
     lx, ly, w = _padded(np.log(x_NxD), np.log(_fitted_y(form, y_N)), w_RxN)
     R, k = len(w), len(_PARAMS[form])
     grid = _grid(form, lx, coarse)
@@ -601,7 +600,7 @@ def _loglinear(x_NxD, y_N, w_RxN) -> np.ndarray:
 def _predict(form: str, theta: np.ndarray, x_NxD: np.ndarray) -> np.ndarray:
     if form == "loglinear":
         return theta[0] + theta[1] * np.log10(x_NxD[:, 0])
-    jax, jnp, _, _, predict = _engine()
+    _, _, predict = _engine()
     with jax.enable_x64(True):
         fitted = np.exp(np.asarray(predict(form, jnp.asarray(theta), jnp.asarray(np.log(x_NxD)))))
     return 1.0 - fitted if form == "bounded" else fitted

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -44,11 +45,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from omnimouse_jax.config import apply_override, call_file_function, load_config, load_config_file
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data.pipeline import TrainWindows
+from omnimouse_jax.data.store import open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.files import write_text_atomic
 from omnimouse_jax.resources import shipped
 
-LAUNCHERS = ("local", "slurm", "tpu", "print")
 # eval.json table columns (the paper's results table) -> runs.csv column names.
 METRIC_COLUMNS = {"Forecast": "forecast", "Forecast+Stim": "forecast_stim", "Population": "population",
                   "Pop.+Stim": "population_stim", "Gaze": "gaze", "Pupil": "pupil", "Running": "running",
@@ -84,8 +90,6 @@ class Run:
         return line + (" && " + shlex.join([program, *self.eval_args()]) if evaluate else "")
 
     def load_config(self):
-        from omnimouse_jax.config import load_config
-
         return load_config(self.config, list(self.overrides))
 
 
@@ -138,8 +142,6 @@ def load_sweep(spec: str, workdir, overrides=(), evaluate: bool | None = None) -
     `overrides` ((key, text) pairs) apply to every run after the file's own; they are checked against each run's
     config now, so a typo fails before anything runs. `evaluate` overrides the file's `evaluate` setting.
     """
-    from omnimouse_jax.config import call_file_function
-
     path, doc = call_file_function(spec, "get_sweep", "sweep")
     if hasattr(doc, "to_dict"):
         doc = doc.to_dict()
@@ -186,7 +188,6 @@ def _check_sweep_overrides(runs: list[Run], overrides) -> None:
     """Command-line overrides must name keys of every run's config (one check per distinct config spec)."""
     if not overrides:
         return
-    from omnimouse_jax.config import apply_override, load_config_file
 
     for spec in dict.fromkeys(r.config for r in runs):
         config = load_config_file(spec)
@@ -234,8 +235,6 @@ def _write_status(sweep: Sweep, status: dict) -> None:
 
 
 def evaluation_available() -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec("omnimouse_jax.evaluate.report") is not None
     except ModuleNotFoundError:
@@ -430,12 +429,6 @@ _DATA_CACHE: dict[tuple, dict] = {}
 def data_tokens(config) -> dict:
     """Unique training tokens D, distinct windows, and expected neural tokens per step for a run's config (see the
     module docstring); computed from the store with the input pipeline's own trial selection."""
-    import numpy as np
-
-    from omnimouse_jax.data.layout import SessionLayout
-    from omnimouse_jax.data.pipeline import TrainWindows
-    from omnimouse_jax.data.store import open_store
-
     data, model = config.data, config.model
     sessions = data.get("sessions", "all")
     key = (str(Path(data.root).absolute()), json.dumps(sessions if isinstance(sessions, str) else list(sessions)),

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tensorboardX import SummaryWriter
+
 from omnimouse_jax.files import write_text_atomic
 
 
@@ -33,8 +35,6 @@ class MetricsLogger:
         self.start_time, self.start_step = time.monotonic(), resume_step
         self.writer = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:

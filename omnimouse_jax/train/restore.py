@@ -11,13 +11,15 @@ from flax import nnx
 
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.model.omnimouse import ADDED_OPTIONS, ADDED_VIDEO_OPTIONS
+from omnimouse_jax.parallel import sharding
+from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
+from omnimouse_jax.train.session import abstract_model
 
 
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
     """A ConfigDict from the JSON saved with a checkpoint (JSON lists become the tuples the config code uses); model
     options newer than the checkpoint get the values its model was built with."""
-    from omnimouse_jax.model.omnimouse import ADDED_OPTIONS, ADDED_VIDEO_OPTIONS
-
     def convert(value):
         if isinstance(value, dict):
             return {k: convert(v) for k, v in value.items()}
@@ -46,10 +48,6 @@ class TrainedModel:
 
 def load_trained(workdir, *, step: int | None = None, mesh_config=None) -> TrainedModel:
     """The model of `workdir` at `step` (default: newest readable checkpoint). UserError if there is none."""
-    from omnimouse_jax.parallel import sharding
-    from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
-    from omnimouse_jax.train.session import abstract_model
-
     workdir = Path(workdir)
     directory = workdir / "checkpoints"
     if not directory.is_dir():

@@ -20,7 +20,15 @@ past the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
+
+import jax
+
+from omnimouse_jax import interrupts
+from omnimouse_jax.errors import UserError
+from omnimouse_jax.parallel import _jax_compat
+from omnimouse_jax.train.session import TrainingSession, compile_only
 
 
 # config.train counts that must be positive integers before anything compiles (eval_every_steps=0 means never).
@@ -30,8 +38,6 @@ POSITIVE_TRAIN_KEYS = ("steps", "batch_size")
 def check_train_counts(config) -> None:
     """UserError naming the first config.train count that is not a positive integer (steps=0 would otherwise
     compile, write a workdir without a checkpoint and exit 0)."""
-    from omnimouse_jax.errors import UserError
-
     for key in POSITIVE_TRAIN_KEYS:
         value = config.train.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -41,16 +47,9 @@ def check_train_counts(config) -> None:
 def plan(config) -> dict:
     """omnimouse_jax.train.session.compile_only for config.mesh; on a CPU backend not yet started, first fakes as
     many CPU devices as the mesh needs, so a laptop can plan a cluster's run."""
-    import math
-
-    import jax
-
-    from omnimouse_jax.parallel import _jax_compat
-
     sizes = [int(config.mesh.get(axis, 1)) for axis in ("data", "fsdp", "tensor")]
     if all(size > 0 for size in sizes) and not _jax_compat.backends_are_initialized():
         jax.config.update("jax_num_cpu_devices", math.prod(sizes))
-    from omnimouse_jax.train.session import compile_only
 
     return compile_only(config)
 
@@ -75,8 +74,6 @@ def print_plan(result: dict) -> None:
 
 def train(config, workdir) -> dict:
     """Trains to config.train.steps (or until signalled) and returns the last logged training metrics."""
-    from omnimouse_jax.train.session import TrainingSession
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     return run_until_done_or_signalled(TrainingSession(config, workdir))
@@ -86,8 +83,6 @@ def run_until_done_or_signalled(session) -> dict:
     """Runs a training session to its last step and returns its last logged metrics. SIGINT/SIGTERM finish the
     current step and save; the session is closed either way, and then an interrupted run raises
     interrupts.Interrupted (exit 130/143 through the CLI)."""
-    from omnimouse_jax import interrupts
-
     with contextlib.ExitStack() as stack:
         stop = interrupts.active() or stack.enter_context(interrupts.handled())
         with stop.deferring():  # also while closing: a second signal must not cut the final checkpoint's write
