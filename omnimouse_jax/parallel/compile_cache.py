@@ -1,8 +1,19 @@
-"""The persistent compilation cache a run keeps in its workdir: a restarted (preempted) training run or a repeated
-evaluation reloads its compiled functions instead of compiling them again."""
+"""The persistent compilation cache, and values derived from compiling that are worth keeping beside it.
+
+A run keeps the cache in its workdir: a restarted (preempted) training run or a repeated evaluation reloads its
+compiled functions instead of compiling them again. Counting a training step's FLOPs (train/session.model_flops)
+traces the whole model a second time, which costs as much as tracing the step itself; `remembered` keeps such a
+value under the cache directory, keyed by what determines it."""
+from __future__ import annotations
+
+import hashlib
+import json
 from pathlib import Path
+from typing import Callable
 
 import jax
+
+from omnimouse_jax.files import write_json_atomic
 
 
 def use_workdir_cache(workdir: Path) -> None:
@@ -12,3 +23,24 @@ def use_workdir_cache(workdir: Path) -> None:
         return
     jax.config.update("jax_compilation_cache_dir", str(Path(workdir) / "compile_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def remembered(kind: str, key: dict, compute: Callable[[], float | None]) -> float | None:
+    """compute(), read back from the compilation cache directory when a value for `key` (JSON-serializable, with
+    the JAX version added) was stored there before; computed and stored otherwise. Without a cache directory, or
+    when the stored file is unreadable, it is simply computed."""
+    directory = jax.config.jax_compilation_cache_dir
+    if not directory:
+        return compute()
+    text = json.dumps({"key": key, "jax": jax.__version__}, sort_keys=True, default=str)
+    path = Path(directory) / "omnimouse" / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+    try:
+        return json.loads(path.read_text())["value"]
+    except (OSError, ValueError, KeyError):
+        pass
+    value = compute()
+    try:
+        write_json_atomic(path, {"value": value})
+    except OSError:  # a read-only or full cache directory costs a recount next time, nothing else
+        pass
+    return value

@@ -238,10 +238,17 @@ def model_flops(config, mesh) -> float | None:
     """FLOPs per device of one training step as the model defines it: the step lowered (not compiled) with dense XLA
     attention, no rematerialization and one pass over the batch. The numerator of MFU: XLA's cost analysis counts a
     loop's body once, so the compiled step's own count misses the blockwise kernel's and the micro-batches' loop
-    trips, and remat's recomputation is not the model's work."""
+    trips, and remat's recomputation is not the model's work. Remembered beside the compilation cache (the count
+    traces the model again): it depends on the model, the batch size and the optimizer, not on the run's length."""
     plain = config.copy_and_resolve_references()
     with plain.unlocked():
         plain.model.attention, plain.model.remat, plain.train.device_microbatch = "xla", "none", 0
+    key = {"model": plain.model.to_dict(), "batch_size": int(plain.train.batch_size), "optim": plain.optim.to_dict()}
+    flops = compile_cache.remembered("train_step_flops", key, lambda: _count_step_flops(plain))
+    return None if flops is None else flops / mesh.size
+
+
+def _count_step_flops(plain) -> float | None:
     # Lowered on one CPU device: the lowered step is the whole (unpartitioned) computation whatever the mesh, and
     # accelerator plugins (PJRT C API) give no cost analysis of a lowered program.
     try:
@@ -256,8 +263,7 @@ def model_flops(config, mesh) -> float | None:
     with sharding.use_rules(count_mesh):
         lowered = jax.jit(train_step).lower(state, abstract_batch(plain, batch_sharding),
                                             abstract_fields(plain.train.batch_size, batch_sharding))
-    flops = perf.compiled_flops(lowered)
-    return None if flops is None else flops / mesh.size
+    return perf.compiled_flops(lowered)
 
 
 def compile_train_step(graphdef, state, batch, fields, mesh, model_config, microbatches: int = 1):
