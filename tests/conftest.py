@@ -20,7 +20,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
-_cache = tempfile.mkdtemp(prefix="omnimouse-test-jax-cache-")
-atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# pytest-xdist's workers inherit the environment of the process that starts them, so they share its cache; only the
+# process that made the directory removes it.
+_cache = os.environ.get("OMNIMOUSE_TEST_JAX_CACHE")
+if not _cache:
+    _cache = os.environ["OMNIMOUSE_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="omnimouse-test-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
