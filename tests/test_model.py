@@ -511,6 +511,52 @@ def test_population_readout_couples_each_target_to_the_visible_population():
     np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
 
 
+def test_factor_readout_adds_the_ridge_estimate_of_the_visible_populations_factors():
+    """The factor readout adds gain x l_n . f_t to the response logits, f_t the ridge estimate of K factors from the
+    neurons visible at t (numpy reference through the Softplus(beta) head); a hidden response changes nothing."""
+    cfg = load_config("test").model
+    cfg.factor_readout = 3
+    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
+    batch = make_batch(cfg, seed=25)
+    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    rng = np.random.default_rng(26)
+    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    coupled = nnx.clone(model)
+    coupled.factor_gain[...] = jnp.float32(0.7)
+
+    identity = model.identity
+    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
+           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
+           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None]).astype(np.float64)
+    loadings = emb @ np.asarray(model.factor_loadings.kernel[...], np.float64)  # (B, N, K)
+    offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    logits_BxTxN = np.zeros(visible.shape)
+    for b in range(visible.shape[0]):
+        for t in range(visible.shape[1]):
+            seen = visible[b, t]
+            lv = loadings[b][seen]
+            x = batch["responses"][b, t][seen] - offsets[b][seen]
+            factors = np.linalg.solve(lv.T @ lv + np.eye(3), lv.T @ x)
+            logits_BxTxN[b, t] = 0.7 * loadings[b] @ factors
+
+    def rates(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
+
+    beta = cfg.softplus_beta
+    base = rates(model, batch["responses"])  # gain 0: the model without the readout
+    inverse = np.log(np.expm1(beta * base)) / beta
+    expected = np.logaddexp(0.0, beta * (inverse + logits_BxTxN)) / beta
+    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
+    assert np.abs(expected - base)[target].max() > 1e-3  # the readout moved the rates it is checked on
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
+
+
 def test_history_readout_adds_filtered_own_and_population_history_of_earlier_visible_samples():
     """The history readout against a loop reference: for each neuron and sample t, the exponentially weighted sums
     over visible samples s < t of its own deviation (response - offset) and of the population's mean deviation

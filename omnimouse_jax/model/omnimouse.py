@@ -32,6 +32,11 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             at a few timescales, are weighted by a linear function of the neuron's embedding and added to its
             response logits: what forecasting a neuron needs of its own recent activity, which the encoder's
             pooling into latents blurs. Zero at init; hidden samples contribute nothing.
+  factor readout (factor_readout=K > 0; not in the paper's code): population completion as the conditional mean of
+            a K-factor model. Each neuron's loadings on K population factors are a linear function of its embedding;
+            at each sample the factors are the ridge estimate from the visible neurons' deviations from their
+            offsets, (sum_v l_v l_v^T + I)^-1 sum_v l_v x_v, and each neuron adds its loadings times the factors,
+            times a learned gain (zero at init), to its response logits. Hidden samples contribute nothing.
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -94,7 +99,7 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
-                 "history_readout": False}
+                 "history_readout": False, "factor_readout": 0}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -249,7 +254,7 @@ class OmniMouse(nnx.Module):
         self.readout_channels = tuple(cfg.video.embed_dim * 2**i for i in range(len(geometry.grids)))
         self.identity = NeuronIdentity(cfg.num_neuron_rows, cfg.num_sessions, cfg.num_animals, cfg.d_neuron_embed, d,
                                        dtype=dtype, rngs=rngs, offsets=(cfg.population_decoder or cfg.population_readout
-                                                or cfg.history_readout),
+                                                or cfg.history_readout or cfg.factor_readout > 0),
                                        receptive_fields=cfg.video_readout_prior == "gaussian",
                                        video_readout=((sum(self.readout_cells), sum(self.readout_channels))
                                                       if cfg.video_factorized_readout else None))
@@ -341,6 +346,11 @@ class OmniMouse(nnx.Module):
             cfg.d_neuron_embed, cfg.d_neuron_embed, use_bias=False, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", None),
             rngs=rngs) if cfg.population_readout else None
+        self.factor_loadings = nnx.Linear(
+            cfg.d_neuron_embed, cfg.factor_readout, use_bias=False, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.lecun_normal(), "neuron_embed", None),
+            rngs=rngs) if cfg.factor_readout > 0 else None
+        self.factor_gain = nnx.Param(jnp.zeros((), jnp.float32)) if cfg.factor_readout > 0 else None
         # History readout weights: per timescale, for the own and the population trace, a shared weight plus a
         # linear function of the neuron's embedding. Zero at init.
         self.history_readout = nnx.Linear(
@@ -462,6 +472,9 @@ class OmniMouse(nnx.Module):
         if self.population_readout is not None:
             coupling_BxNxE = self.population_readout(emb_BxNxE.astype(jnp.float32))
             samples_BxNxT = samples_BxNxT + jnp.einsum("bte,bne->bnt", pooled_BxTxE, coupling_BxNxE)
+        if self.factor_loadings is not None:
+            samples_BxNxT = samples_BxNxT + self._factor_completion(responses_BxTxN, visible_BxTxN, emb_BxNxE,
+                                                                    batch["neuron_index"])
         if self.history_readout is not None:
             samples_BxNxT = samples_BxNxT + self._history(responses_BxTxN, visible_BxTxN, emb_BxNxE,
                                                           batch["neuron_index"])
@@ -635,6 +648,21 @@ class OmniMouse(nnx.Module):
         count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
         pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
         return pooled_BxTxE * np.sqrt(self.config.max_neurons)
+
+    def _factor_completion(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
+        """(B, N, T) logits of the factor readout: gain x l_n . f_t, with loadings l_n a linear map of neuron n's
+        embedding and f_t = (sum_v l_v l_v^T + I)^-1 sum_v l_v (x_vt - offset_v) over the neurons v visible at t (the
+        posterior mean of unit-variance factors under unit noise). No visible neuron: f_t = 0."""
+        loadings_BxNxK = self.factor_loadings(emb_BxNxE.astype(jnp.float32))
+        deviation_BxTxN = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
+        seen_BxTxN = visible_BxTxN.astype(jnp.float32)
+        deviation_BxTxN = jnp.where(visible_BxTxN, deviation_BxTxN, 0.0)
+        k = loadings_BxNxK.shape[-1]
+        gram_BxTxKxK = (jnp.einsum("btn,bnk,bnj->btkj", seen_BxTxN, loadings_BxNxK, loadings_BxNxK)
+                        + jnp.eye(k, dtype=jnp.float32))
+        projected_BxTxK = jnp.einsum("btn,bnk->btk", deviation_BxTxN, loadings_BxNxK)
+        factors_BxTxK = jnp.linalg.solve(gram_BxTxKxK, projected_BxTxK[..., None])[..., 0]
+        return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK)
 
     def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
         """(B, N, T) logits of the history readout: sum over timescales k of w_k(neuron) x own_k(t) and
