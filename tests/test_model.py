@@ -360,9 +360,7 @@ def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
     zeroed.population_decoder.kernel.set_value(jnp.zeros_like(zeroed.population_decoder.kernel[...]))
 
     identity = edited.identity
-    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
-           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
-           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+    emb = _embeddings(identity, batch)
     visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
     assert visible.any() and not visible.all()
     deviation = np.where(visible, batch["responses"] - offsets[batch["neuron_index"]][:, None], 0.0)
@@ -470,26 +468,38 @@ def test_receptive_field_init_starts_the_video_map_at_a_bump_on_the_mapped_cell(
         assert peak_col == np.abs(cell_x - x).argmin() and peak_row == np.abs(cell_y - y).argmin()
 
 
+def _embeddings(identity, batch) -> np.ndarray:
+    """(B, N, E) each neuron's embedding as the model sums it: its row plus its session's and its animal's."""
+    return (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
+            + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
+            + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+
+
+def _population_task_with_offsets(seed: int, **options):
+    """(cfg, model, batch, masks, rng): the `test` model with `options`, a batch and population-completion masks (8
+    visible, 12 reconstructed neurons), and random neuron offsets drawn from rng (seeded seed + 1)."""
+    cfg = load_config("test").model
+    cfg.update(options)
+    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
+    batch = make_batch(cfg, seed=seed)
+    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    rng = np.random.default_rng(seed + 1)
+    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    return cfg, model, batch, masks, rng
+
+
 def test_population_readout_couples_each_target_to_the_visible_population():
     """The population readout adds, at each sample, the pooled population vector (as the population decoder's) times
     a linear map of the neuron's embedding to the response logits (numpy reference through the Softplus(beta)
     head); a hidden response changes no prediction."""
-    cfg = load_config("test").model
-    cfg.population_readout = True
-    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
-    batch = make_batch(cfg, seed=23)
-    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
-    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
-    rng = np.random.default_rng(24)
-    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    cfg, model, batch, masks, rng = _population_task_with_offsets(population_readout=True, seed=23)
     kernel = rng.normal(size=model.population_readout.kernel.shape).astype(np.float32) * 0.1
     coupled = nnx.clone(model)
     coupled.population_readout.kernel[...] = jnp.asarray(kernel)
 
     identity = model.identity
-    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
-           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
-           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+    emb = _embeddings(identity, batch)
     offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
     visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
     deviation = np.where(visible, batch["responses"] - offsets[:, None], 0.0)
@@ -514,21 +524,12 @@ def test_population_readout_couples_each_target_to_the_visible_population():
 def test_factor_readout_adds_the_ridge_estimate_of_the_visible_populations_factors():
     """The factor readout adds gain x l_n . f_t to the response logits, f_t the ridge estimate of K factors from the
     neurons visible at t (numpy reference through the Softplus(beta) head); a hidden response changes nothing."""
-    cfg = load_config("test").model
-    cfg.factor_readout = 3
-    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
-    batch = make_batch(cfg, seed=25)
-    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
-    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
-    rng = np.random.default_rng(26)
-    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    cfg, model, batch, masks, rng = _population_task_with_offsets(factor_readout=3, seed=25)
     coupled = nnx.clone(model)
     coupled.factor_gain[...] = jnp.float32(0.7)
 
     identity = model.identity
-    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
-           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
-           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None]).astype(np.float64)
+    emb = _embeddings(identity, batch).astype(np.float64)
     loadings = emb @ np.asarray(model.factor_loadings.kernel[...], np.float64)  # (B, N, K)
     offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
     visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
@@ -578,9 +579,7 @@ def test_history_readout_adds_filtered_own_and_population_history_of_earlier_vis
     filtered.history_readout.bias[...] = jnp.asarray(bias)
 
     identity = model.identity
-    emb = (np.asarray(identity.neuron_table[...])[batch["neuron_index"]]
-           + np.asarray(identity.session_table[...])[batch["session_index"]][:, None]
-           + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
+    emb = _embeddings(identity, batch)
     weights = emb @ kernel + bias  # (B, N, 2K)
     offsets = np.asarray(identity.neuron_offset[...])[batch["neuron_index"]]
     visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
