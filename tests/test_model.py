@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from factor_reference import posterior_factor_means
 from omnimouse_jax.model import masking
 from omnimouse_jax.model.losses import loss_fn
 from omnimouse_jax.model.masking import PRESETS, Masks, make_masks, strategy_arrays
@@ -475,14 +476,16 @@ def _embeddings(identity, batch) -> np.ndarray:
             + np.asarray(identity.animal_table[...])[batch["animal_index"]][:, None])
 
 
-def _population_task_with_offsets(seed: int, **options):
-    """(cfg, model, batch, masks, rng): the `test` model with `options`, a batch and population-completion masks (8
-    visible, 12 reconstructed neurons), and random neuron offsets drawn from rng (seeded seed + 1)."""
+def _population_task_with_offsets(seed: int, strategy=None, **options):
+    """(cfg, model, batch, masks, rng): the `test` model with `options`, a batch and `strategy`'s masks (default:
+    population completion, 8 visible and 12 reconstructed neurons), and random neuron offsets drawn from rng (seeded
+    seed + 1)."""
     cfg = load_config("test").model
     cfg.update(options)
     model = OmniMouse(cfg, rngs=nnx.Rngs(0))
     batch = make_batch(cfg, seed=seed)
-    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
+    strategy = strategy or dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8,
+                                               max_reconstructed_neurons=12)
     masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
     rng = np.random.default_rng(seed + 1)
     model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
@@ -515,6 +518,42 @@ def test_population_readout_couples_each_target_to_the_visible_population():
     expected = np.logaddexp(0.0, beta * (inverse + logits_BxTxN)) / beta
     target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
     np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
+
+
+def test_dynamic_factor_readout_carries_the_visible_populations_state_to_the_forecast():
+    """With factor dynamics the readout adds gain x l_n . E[f_t | every visible sample], f AR(1) factors with the
+    model's timescales (numpy dense conditioning through the Softplus(beta) head), so forecast targets after the
+    visible prefix move with the prefix; a hidden response changes nothing."""
+    strategy = dataclasses.replace(PRESETS["causal_response_10"], max_reconstructed_neurons=12)
+    cfg, model, batch, masks, rng = _population_task_with_offsets(seed=26, strategy=strategy, factor_readout=3,
+                                                                  factor_dynamics=True)
+    coupled = nnx.clone(model)
+    coupled.factor_gain[...] = jnp.float32(0.7)
+    timescales_s = np.array([0.05, 0.4, 2.0])
+    coupled.factor_log_timescale[...] = jnp.asarray(np.log(timescales_s), jnp.float32)
+    persistence = np.exp(-1.0 / (timescales_s * cfg.sampling_rate_hz))
+
+    loadings = _embeddings(model.identity, batch).astype(np.float64) @ np.asarray(model.factor_loadings.kernel[...])
+    offsets = np.asarray(model.identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    logits_BxTxN = np.stack([
+        0.7 * posterior_factor_means(loadings[b], batch["responses"][b] - offsets[b], visible[b], persistence)
+        @ loadings[b].T for b in range(visible.shape[0])])
+
+    def rates(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
+
+    beta = cfg.softplus_beta
+    base = rates(model, batch["responses"])  # gain 0: the model without the readout
+    expected = np.logaddexp(0.0, beta * (np.log(np.expm1(beta * base)) / beta + logits_BxTxN)) / beta
+    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    assert not (target & visible.any(-1, keepdims=True)).any()  # every target sample has no visible neuron
+    np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
+    assert np.abs(expected - base)[target].max() > 1e-3
     b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
     changed = batch["responses"].copy()
     changed[b, t, n] += 5.0

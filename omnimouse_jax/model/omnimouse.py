@@ -37,6 +37,9 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             at each sample the factors are the ridge estimate from the visible neurons' deviations from their
             offsets, (sum_v l_v l_v^T + I)^-1 sum_v l_v x_v, and each neuron adds its loadings times the factors,
             times a learned gain (zero at init), to its response logits. Hidden samples contribute nothing.
+            With factor_dynamics=True the factors are AR(1) processes in time, each with a learned timescale, and
+            their mean is the Kalman smoother's over every visible sample (model/factor_smoother.py): a sample with
+            no visible neuron (a forecast target) gets the population's state carried from the visible ones.
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -53,6 +56,7 @@ from flax import nnx
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.model.attention import Kernel, attend, local_attention, rope_frequencies
 from omnimouse_jax.model.blocks import TransformerBlock, rms_norm
+from omnimouse_jax.model.factor_smoother import smoothed_factors
 from omnimouse_jax.model.kernels import IMPLEMENTATIONS
 from omnimouse_jax.model.masking import Masks
 from omnimouse_jax.model.tokenizers import BehaviorTokenizer, NeuronIdentity, ResponseTokenizer
@@ -99,7 +103,8 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
-                 "history_readout": False, "factor_readout": 0}
+                 "history_readout": False, "factor_readout": 0,
+                 "factor_dynamics": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -108,6 +113,9 @@ _INIT = nnx.initializers.normal(0.02)
 VIDEO_HEAD_INIT = nnx.initializers.lecun_normal()
 # The history readout's timescales (s): its exponential filters span a sample to a few seconds.
 HISTORY_TIMESCALES_S = (0.1, 0.3, 1.0, 3.0)
+# The dynamic factors' initial timescales (s), log-spaced over this range: from nearly independent samples to the
+# slow states (arousal, running) that persist over a block.
+FACTOR_TIMESCALE_RANGE_S = (0.05, 3.0)
 
 
 def history_filters(num_samples: int, sampling_rate_hz: float) -> np.ndarray:
@@ -351,6 +359,9 @@ class OmniMouse(nnx.Module):
             kernel_init=partitioned(nnx.initializers.lecun_normal(), "neuron_embed", None),
             rngs=rngs) if cfg.factor_readout > 0 else None
         self.factor_gain = nnx.Param(jnp.zeros((), jnp.float32)) if cfg.factor_readout > 0 else None
+        self.factor_log_timescale = nnx.Param(jnp.log(jnp.geomspace(
+            *FACTOR_TIMESCALE_RANGE_S, cfg.factor_readout, dtype=jnp.float32))) if (
+                cfg.factor_readout > 0 and cfg.factor_dynamics) else None
         # History readout weights: per timescale, for the own and the population trace, a shared weight plus a
         # linear function of the neuron's embedding. Zero at init.
         self.history_readout = nnx.Linear(
@@ -652,16 +663,21 @@ class OmniMouse(nnx.Module):
     def _factor_completion(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
         """(B, N, T) logits of the factor readout: gain x l_n . f_t, with loadings l_n a linear map of neuron n's
         embedding and f_t = (sum_v l_v l_v^T + I)^-1 sum_v l_v (x_vt - offset_v) over the neurons v visible at t (the
-        posterior mean of unit-variance factors under unit noise). No visible neuron: f_t = 0."""
+        posterior mean of unit-variance factors under unit noise). No visible neuron: f_t = 0. With factor dynamics,
+        f_t is the smoothed mean of AR(1) factors given every visible sample instead."""
         loadings_BxNxK = self.factor_loadings(emb_BxNxE.astype(jnp.float32))
         deviation_BxTxN = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
         seen_BxTxN = visible_BxTxN.astype(jnp.float32)
         deviation_BxTxN = jnp.where(visible_BxTxN, deviation_BxTxN, 0.0)
         k = loadings_BxNxK.shape[-1]
-        gram_BxTxKxK = (jnp.einsum("btn,bnk,bnj->btkj", seen_BxTxN, loadings_BxNxK, loadings_BxNxK)
-                        + jnp.eye(k, dtype=jnp.float32))
+        gram_BxTxKxK = jnp.einsum("btn,bnk,bnj->btkj", seen_BxTxN, loadings_BxNxK, loadings_BxNxK)
         projected_BxTxK = jnp.einsum("btn,bnk->btk", deviation_BxTxN, loadings_BxNxK)
-        factors_BxTxK = jnp.linalg.solve(gram_BxTxKxK, projected_BxTxK[..., None])[..., 0]
+        if self.factor_log_timescale is None:
+            factors_BxTxK = jnp.linalg.solve(gram_BxTxKxK + jnp.eye(k, dtype=jnp.float32),
+                                             projected_BxTxK[..., None])[..., 0]
+        else:
+            persistence_K = jnp.exp(-1.0 / (jnp.exp(self.factor_log_timescale[...]) * self.config.sampling_rate_hz))
+            factors_BxTxK = smoothed_factors(gram_BxTxKxK, projected_BxTxK, persistence_K)
         return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK)
 
     def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
