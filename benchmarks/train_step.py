@@ -1,7 +1,7 @@
 """Benchmark: one training step of a config size on this machine's devices, as JSON.
 
     python benchmarks/train_step.py --size tiny [--batch 8] [--neurons 128] [--attention auto] [--remat none]
-        [--device-microbatch 0] [--steps 10] [--mesh data=-1,fsdp=1,tensor=1]
+        [--device-microbatch 0] [--steps 10] [--mesh data=-1,fsdp=1,tensor=1] [--set model.factor_readout=8 ...]
 
 Random inputs of the step's shapes (every neuron real, strategies drawn from the training mix), the real model and
 optimizer, allocated and sharded as `omnimouse train` does. Reports the median step time after the first
@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from omnimouse_jax.config import load_config
-from omnimouse_jax.train import perf, sharding
+from omnimouse_jax.parallel import sharding
+from omnimouse_jax.train import perf
 from omnimouse_jax.train.optim import make_optimizer
 from omnimouse_jax.train.session import (abstract_batch, check_batch_divides_mesh,
                                          compile_train_step, create_model_and_optimizer, microbatches_of, model_flops,
@@ -39,6 +40,11 @@ def config_for(args):
     for item in filter(None, args.mesh.split(",")):
         axis, _, size = item.partition("=")
         overrides.append((f"mesh.{axis}", size))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, a config key as `omnimouse train --config.KEY`")
+        overrides.append((key, value))
     if args.neurons < 64:
         raise SystemExit("--neurons: at least 64 (the paper's regimes need 64 visible neurons)")
     config = load_config(f"{CONFIG}:size={args.size}", overrides)
@@ -96,7 +102,8 @@ def run(args) -> dict:
     tokens = int(config.train.batch_size) * int(config.model.max_neurons) * int(config.model.num_samples)
     stats = jax.local_devices()[0].memory_stats() or {}
     return {
-        "size": args.size, "backend": jax.default_backend(), "devices": mesh.size, "mesh": dict(mesh.shape),
+        "size": args.size, "overrides": args.set, "backend": jax.default_backend(), "devices": mesh.size,
+        "mesh": dict(mesh.shape),
         "global_batch": int(config.train.batch_size), "neurons": int(config.model.max_neurons),
         "attention": args.attention, "remat": args.remat,
         "device_microbatch": args.device_microbatch, "passes": microbatches_of(config, mesh),
@@ -124,6 +131,8 @@ def main() -> None:
     parser.add_argument("--mesh", default="", help="e.g. data=1,fsdp=8")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, repeatable (e.g. model.factor_readout=8)")
     print(json.dumps(run(parser.parse_args()), indent=2))
 
 

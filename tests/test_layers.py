@@ -19,6 +19,7 @@ are in ALLOWED_LAZY_IMPORTS, each with its reason.
 from __future__ import annotations
 
 import ast
+import importlib
 import textwrap
 from pathlib import Path
 
@@ -238,6 +239,38 @@ def private_jax_uses(root: Path = ROOT) -> list[str]:
             if isinstance(node, ast.Attribute) and node.attr in PRIVATE_JAX_ATTRIBUTES:
                 problems.append(f"{path.relative_to(root.parent)}:{node.lineno}: private JAX attribute .{node.attr}")
     return problems
+
+
+def unresolved_package_imports(scripts: list[Path]) -> list[str]:
+    """'file:line: name' for every `from omnimouse_jax... import name` in scripts outside the package that names no
+    module or attribute of the package as it is now: scripts nothing imports break silently when a module moves."""
+    problems = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE):
+                continue
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as err:
+                problems.append(f"{path.name}:{node.lineno}: {node.module} ({err})")
+                continue
+            for alias in node.names:
+                if not (hasattr(module, alias.name) or _is_module(f"{node.module}.{alias.name}", ROOT)):
+                    problems.append(f"{path.name}:{node.lineno}: {node.module}.{alias.name}")
+    return problems
+
+
+def test_benchmark_and_experiment_scripts_import_what_the_package_has():
+    repository = ROOT.parent
+    scripts = sorted([*repository.glob("benchmarks/*.py"), *repository.glob("experiments/*.py")])
+    assert len(scripts) >= 8
+    assert not unresolved_package_imports(scripts), "\n".join(unresolved_package_imports(scripts))
+
+
+def test_the_script_check_reports_a_moved_module(tmp_path):
+    script = tmp_path / "old.py"
+    script.write_text("from omnimouse_jax.train import perf, sharding\nfrom omnimouse_jax.parallel import sharding\n")
+    assert unresolved_package_imports([script]) == ["old.py:1: omnimouse_jax.train.sharding"]
 
 
 def test_every_module_is_in_a_layer_and_imports_only_downward():
