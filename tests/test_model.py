@@ -563,7 +563,7 @@ def test_dynamic_factor_readout_carries_the_visible_populations_state_to_the_for
 def test_factor_readout_adds_the_ridge_estimate_of_the_visible_populations_factors():
     """The factor readout adds gain x l_n . f_t to the response logits, f_t the ridge estimate of K factors from the
     neurons visible at t (numpy reference through the Softplus(beta) head); a hidden response changes nothing."""
-    cfg, model, batch, masks, rng = _population_task_with_offsets(factor_readout=3, seed=25)
+    cfg, model, batch, masks, rng = _population_task_with_offsets(factor_readout=3, factor_dynamics=False, seed=25)
     coupled = nnx.clone(model)
     coupled.factor_gain[...] = jnp.float32(0.7)
 

@@ -144,7 +144,7 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
 
     old = configs.get_config("size=test").to_dict()
     for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder",
-                "video_factorized_readout", "population_readout"):
+                "video_factorized_readout", "population_readout", "factor_readout", "factor_dynamics"):
         del old["model"][key]
     for key in ("patch_impl", "encoder"):
         del old["model"]["video"][key]
@@ -159,3 +159,4 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
     assert model.behavior_head.shape[-1] == loaded.num_samples and model.response_gain is None
     assert model.population_decoder is None and model.identity.neuron_offset is None
     assert model.population_readout is None and model.identity.neuron_video_map is None
+    assert model.factor_loadings is None and model.factor_log_timescale is None

@@ -87,6 +87,10 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     # decoder's output before the shared head (docs/evaluation.md, "The factorized video readout").
     model.update(video_readout_prior="gaussian", neuron_rf_init="mapped", decoder_video_attention="separate",
                  readout_gain=True, video_factorized_readout=True)
+    # Population completion and forecasting through 8 population factors with AR(1) dynamics, each neuron's loadings a
+    # linear map of its embedding, the factors' mean the Kalman smoother's over the visible responses
+    # (docs/evaluation.md, "The factor readout").
+    model.update(factor_readout=8, factor_dynamics=True)
     if size == "tiny":
         # With the factorized readout carrying the stimulus, the decoder's video keys (and their prior) and local
         # layers reaching the neighbouring bins add nothing measurable at tiny's budget and cost a quarter of its
