@@ -10,7 +10,7 @@ Model sizes scale the `tiny` config's width and depth; data sizes are nested sha
 (config.data.fraction: with the demo's 40 train trials per mouse, 1, 3 and 40 trials), so D/N varies across the grid
 (the chinchilla form needs that to tell A from B). Every run trains for the same number of steps, so small shares are
 repeated for many epochs (about 40 at 1 trial per mouse and 60 steps): that is what makes loss fall with data. The
-default of 60 steps is the CPU budget of `omnimouse demo` (the 12 runs took 513 s of the demo's 586 s on a quiet
+default of 60 steps is the CPU budget of `omnimouse demo` (the 12 runs took 778 s of the demo's 891 s on a quiet
 2-core CPU, as measured in the README); validation runs once, at the last step.
 """
 from pathlib import Path
