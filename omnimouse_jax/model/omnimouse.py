@@ -103,8 +103,7 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
-                 "history_readout": False, "factor_readout": 0,
-                 "factor_dynamics": False}
+                 "history_readout": False, "factor_readout": 0, "factor_dynamics": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -672,12 +671,12 @@ class OmniMouse(nnx.Module):
         k = loadings_BxNxK.shape[-1]
         gram_BxTxKxK = jnp.einsum("btn,bnk,bnj->btkj", seen_BxTxN, loadings_BxNxK, loadings_BxNxK)
         projected_BxTxK = jnp.einsum("btn,bnk->btk", deviation_BxTxN, loadings_BxNxK)
+        # Without dynamics every factor has persistence 0, where the smoother is the per-sample ridge estimate.
         if self.factor_log_timescale is None:
-            factors_BxTxK = jnp.linalg.solve(gram_BxTxKxK + jnp.eye(k, dtype=jnp.float32),
-                                             projected_BxTxK[..., None])[..., 0]
+            persistence_K = jnp.zeros(k, jnp.float32)
         else:
             persistence_K = jnp.exp(-1.0 / (jnp.exp(self.factor_log_timescale[...]) * self.config.sampling_rate_hz))
-            factors_BxTxK = smoothed_factors(gram_BxTxKxK, projected_BxTxK, persistence_K)
+        factors_BxTxK = smoothed_factors(gram_BxTxKxK, projected_BxTxK, persistence_K)
         return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK)
 
     def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
