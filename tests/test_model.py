@@ -492,6 +492,26 @@ def _population_task_with_offsets(seed: int, strategy=None, **options):
     return cfg, model, batch, masks, rng
 
 
+def _assert_readout_adds(cfg, model, readout_model, batch, masks, visible, logits_BxTxN):
+    """readout_model's rates at the targets equal model's with logits_BxTxN added before the Softplus(beta) head, and
+    a hidden response changes none of readout_model's rates. Returns (model's rates, the expected rates, targets)."""
+    def rates(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
+
+    beta = cfg.softplus_beta
+    base = rates(model, batch["responses"])
+    inverse = np.log(np.expm1(beta * base)) / beta  # the logits of the model without the readout
+    expected = np.logaddexp(0.0, beta * (inverse + logits_BxTxN)) / beta
+    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    np.testing.assert_allclose(rates(readout_model, batch["responses"])[target], expected[target], rtol=1e-3,
+                               atol=1e-4)
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(rates(readout_model, changed), rates(readout_model, batch["responses"]))
+    return base, expected, target
+
+
 def test_population_readout_couples_each_target_to_the_visible_population():
     """The population readout adds, at each sample, the pooled population vector (as the population decoder's) times
     a linear map of the neuron's embedding to the response logits (numpy reference through the Softplus(beta)
@@ -508,20 +528,7 @@ def test_population_readout_couples_each_target_to_the_visible_population():
     deviation = np.where(visible, batch["responses"] - offsets[:, None], 0.0)
     pooled = np.einsum("btn,bne->bte", deviation, emb) / np.maximum(visible.sum(-1, keepdims=True), 1)
     logits_BxTxN = np.einsum("bte,bne->btn", pooled * np.sqrt(cfg.max_neurons), emb @ kernel)
-
-    def rates(m, responses):
-        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
-
-    beta = cfg.softplus_beta
-    base = rates(model, batch["responses"])
-    inverse = np.log(np.expm1(beta * base)) / beta  # the logits of the uncoupled model
-    expected = np.logaddexp(0.0, beta * (inverse + logits_BxTxN)) / beta
-    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
-    np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
-    np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
+    _assert_readout_adds(cfg, model, coupled, batch, masks, visible, logits_BxTxN)
 
 
 def test_dynamic_factor_readout_carries_the_visible_populations_state_to_the_forecast():
@@ -543,21 +550,10 @@ def test_dynamic_factor_readout_carries_the_visible_populations_state_to_the_for
     logits_BxTxN = np.stack([
         0.7 * posterior_factor_means(loadings[b], batch["responses"][b] - offsets[b], visible[b], persistence)
         @ loadings[b].T for b in range(visible.shape[0])])
-
-    def rates(m, responses):
-        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
-
-    beta = cfg.softplus_beta
-    base = rates(model, batch["responses"])  # gain 0: the model without the readout
-    expected = np.logaddexp(0.0, beta * (np.log(np.expm1(beta * base)) / beta + logits_BxTxN)) / beta
-    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    # model has gain 0: the model without the readout
+    base, expected, target = _assert_readout_adds(cfg, model, coupled, batch, masks, visible, logits_BxTxN)
     assert not (target & visible.any(-1, keepdims=True)).any()  # every target sample has no visible neuron
-    np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
     assert np.abs(expected - base)[target].max() > 1e-3
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
-    np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
 
 
 def test_factor_readout_adds_the_ridge_estimate_of_the_visible_populations_factors():
@@ -580,21 +576,9 @@ def test_factor_readout_adds_the_ridge_estimate_of_the_visible_populations_facto
             x = batch["responses"][b, t][seen] - offsets[b][seen]
             factors = np.linalg.solve(lv.T @ lv + np.eye(3), lv.T @ x)
             logits_BxTxN[b, t] = 0.7 * loadings[b] @ factors
-
-    def rates(m, responses):
-        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
-
-    beta = cfg.softplus_beta
-    base = rates(model, batch["responses"])  # gain 0: the model without the readout
-    inverse = np.log(np.expm1(beta * base)) / beta
-    expected = np.logaddexp(0.0, beta * (inverse + logits_BxTxN)) / beta
-    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
-    np.testing.assert_allclose(rates(coupled, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
+    # model has gain 0: the model without the readout
+    base, expected, target = _assert_readout_adds(cfg, model, coupled, batch, masks, visible, logits_BxTxN)
     assert np.abs(expected - base)[target].max() > 1e-3  # the readout moved the rates it is checked on
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
-    np.testing.assert_array_equal(rates(coupled, changed), rates(coupled, batch["responses"]))
 
 
 def test_history_readout_adds_filtered_own_and_population_history_of_earlier_visible_samples():
@@ -633,19 +617,8 @@ def test_history_readout_adds_filtered_own_and_population_history_of_earlier_vis
                 w = np.sqrt(1 - r * r) * r ** (t - s - 1)
                 logits[:, t] += w * (deviation[:, s] * weights[:, :, j] + population[:, s, None] * weights[:, :, k + j])
 
-    def rates(m, responses):
-        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["rates"], np.float64)
-
-    beta = cfg.softplus_beta
-    inverse = np.log(np.expm1(beta * rates(model, batch["responses"]))) / beta
-    expected = np.logaddexp(0.0, beta * (inverse + logits)) / beta
-    target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
+    _, _, target = _assert_readout_adds(cfg, model, filtered, batch, masks, visible, logits)
     assert np.abs(logits[target]).mean() > 0.05  # the history reaches the targets
-    np.testing.assert_allclose(rates(filtered, batch["responses"])[target], expected[target], rtol=1e-3, atol=1e-4)
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
-    np.testing.assert_array_equal(rates(filtered, changed), rates(filtered, batch["responses"]))
 
 
 def test_attention_kernels_and_remat_give_the_same_loss_and_gradients():
