@@ -556,6 +556,37 @@ def test_dynamic_factor_readout_carries_the_visible_populations_state_to_the_for
     assert np.abs(expected - base)[target].max() > 1e-3
 
 
+def test_factor_behavior_decodes_the_smoothed_factors_into_each_channel():
+    """With factor_behavior the behavior prediction adds W f_t at every sample, f_t the AR(1) factors' posterior mean
+    given the visible responses (numpy dense conditioning); a hidden response changes no behavior prediction."""
+    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12,
+                                   behavior_encoded=False, behavior_reconstructed=True)
+    cfg, model, batch, masks, rng = _population_task_with_offsets(seed=27, strategy=strategy, factor_readout=3,
+                                                                  factor_dynamics=True, factor_behavior=True)
+    decoding = nnx.clone(model)
+    weights_KxC = rng.normal(size=(3, cfg.behavior_channels))
+    decoding.factor_behavior.kernel[...] = jnp.asarray(weights_KxC, jnp.float32)
+    timescales_s = np.exp(np.asarray(model.factor_log_timescale[...], np.float64))
+    persistence = np.exp(-1.0 / (timescales_s * cfg.sampling_rate_hz))
+
+    loadings = _embeddings(model.identity, batch).astype(np.float64) @ np.asarray(model.factor_loadings.kernel[...])
+    offsets = np.asarray(model.identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    factors_BxTxK = np.stack([posterior_factor_means(loadings[b], batch["responses"][b] - offsets[b], visible[b],
+                                                     persistence) for b in range(visible.shape[0])])
+
+    def behavior(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"], np.float64)
+
+    added = behavior(decoding, batch["responses"]) - behavior(model, batch["responses"])  # model has W = 0
+    np.testing.assert_allclose(added, factors_BxTxK @ weights_KxC, rtol=1e-3, atol=1e-4)
+    assert np.abs(added).max() > 1e-2
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    np.testing.assert_array_equal(behavior(decoding, changed), behavior(decoding, batch["responses"]))
+
+
 def test_factor_readout_adds_the_ridge_estimate_of_the_visible_populations_factors():
     """The factor readout adds gain x l_n . f_t to the response logits, f_t the ridge estimate of K factors from the
     neurons visible at t (numpy reference through the Softplus(beta) head); a hidden response changes nothing."""

@@ -94,6 +94,7 @@ def test_bad_config_arguments(arg, match):
                              r"d_neuron_embed=4 must be at least behavior_channels=5"),
     (dict(video_skip_readout=True, decoder_video_attention="joint"),
      r"config\.model\.video_skip_readout=True .* needs decoder_video_attention='separate'"),
+    (dict(factor_readout=0, factor_behavior=True), r"config\.model\.factor_behavior=True .* needs factor_readout > 0"),
     (dict(video=dict(encoder="vit")), r"config\.model\.video\.encoder='vit': expected one of \['hiera', 'convnext'\]"),
 ])
 def test_inconsistent_model_settings_fail_at_config_time(changes, match):
@@ -144,7 +145,8 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
 
     old = configs.get_config("size=test").to_dict()
     for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder",
-                "video_factorized_readout", "population_readout", "factor_readout", "factor_dynamics"):
+                "video_factorized_readout", "population_readout", "factor_readout", "factor_dynamics",
+                "factor_behavior"):
         del old["model"][key]
     for key in ("patch_impl", "encoder"):
         del old["model"]["video"][key]

@@ -58,7 +58,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
         neuron_rf_init="centre", decoder_video_attention="joint", readout_gain=False, video_skip_readout=False,
         video_factorized_readout=False, population_readout=False, history_readout=False, factor_readout=0,
-        factor_dynamics=False,
+        factor_dynamics=False, factor_behavior=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,
@@ -88,9 +88,9 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     model.update(video_readout_prior="gaussian", neuron_rf_init="mapped", decoder_video_attention="separate",
                  readout_gain=True, video_factorized_readout=True)
     # Population completion and forecasting through 8 population factors with AR(1) dynamics, each neuron's loadings a
-    # linear map of its embedding, the factors' mean the Kalman smoother's over the visible responses
-    # (docs/evaluation.md, "The factor readout").
-    model.update(factor_readout=8, factor_dynamics=True)
+    # linear map of its embedding, the factors' mean the Kalman smoother's over the visible responses; the behavior
+    # readout also decodes the factors (docs/evaluation.md, "The factor readout", "Behavior from the factors").
+    model.update(factor_readout=8, factor_dynamics=True, factor_behavior=True)
     if size == "tiny":
         # With the factorized readout carrying the stimulus, the decoder's video keys (and their prior) and local
         # layers reaching the neighbouring bins add nothing measurable at tiny's budget and cost a quarter of its

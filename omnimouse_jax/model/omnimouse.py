@@ -40,6 +40,9 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             With factor_dynamics=True the factors are AR(1) processes in time, each with a learned timescale, and
             their mean is the Kalman smoother's over every visible sample (model/factor_smoother.py): a sample with
             no visible neuron (a forecast target) gets the population's state carried from the visible ones.
+            With factor_behavior=True the behavior readout also adds a linear map of the factors (zero at init): the
+            population's inferred state, smoothed over every visible sample, decoded into each channel (the behavior
+            loss trains the map only, not the factors).
 Neurons never attend to each other at the input (keys only) or the output (queries only), so permuting an
 example's neurons permutes its predictions.
 """
@@ -103,7 +106,8 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "video_readout_prior": "none", "meta_to_latents": False, "neuron_rf_init": "centre",
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
-                 "history_readout": False, "factor_readout": 0, "factor_dynamics": False}
+                 "history_readout": False, "factor_readout": 0, "factor_dynamics": False,
+                 "factor_behavior": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -183,6 +187,8 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"video_readout_prior={cfg.video_readout_prior!r} needs decoder_video_keys=True (the prior weights the "
          "decoder's video keys)")
     need_window("local_window_bins")
+    need(not cfg.factor_behavior or cfg.factor_readout > 0,
+         "factor_behavior=True decodes the behavior from the factor readout's factors: it needs factor_readout > 0")
     local, glob = cfg.local_global_ratio
     need(local >= 0 and glob >= 1,
          f"local_global_ratio={tuple(cfg.local_global_ratio)} needs at least one global layer")
@@ -361,6 +367,10 @@ class OmniMouse(nnx.Module):
         self.factor_log_timescale = nnx.Param(jnp.log(jnp.geomspace(
             *FACTOR_TIMESCALE_RANGE_S, cfg.factor_readout, dtype=jnp.float32))) if (
                 cfg.factor_readout > 0 and cfg.factor_dynamics) else None
+        self.factor_behavior = nnx.Linear(
+            cfg.factor_readout, cfg.behavior_channels, use_bias=False, param_dtype=jnp.float32,
+            kernel_init=partitioned(nnx.initializers.zeros_init(), None, "channels"),
+            rngs=rngs) if cfg.factor_behavior else None
         # History readout weights: per timescale, for the own and the population trace, a shared weight plus a
         # linear function of the neuron's embedding. Zero at init.
         self.history_readout = nnx.Linear(
@@ -483,8 +493,9 @@ class OmniMouse(nnx.Module):
             coupling_BxNxE = self.population_readout(emb_BxNxE.astype(jnp.float32))
             samples_BxNxT = samples_BxNxT + jnp.einsum("bte,bne->bnt", pooled_BxTxE, coupling_BxNxE)
         if self.factor_loadings is not None:
-            samples_BxNxT = samples_BxNxT + self._factor_completion(responses_BxTxN, visible_BxTxN, emb_BxNxE,
-                                                                    batch["neuron_index"])
+            factor_logits_BxNxT, factors_BxTxK = self._factor_completion(responses_BxTxN, visible_BxTxN, emb_BxNxE,
+                                                                         batch["neuron_index"])
+            samples_BxNxT = samples_BxNxT + factor_logits_BxNxT
         if self.history_readout is not None:
             samples_BxNxT = samples_BxNxT + self._history(responses_BxTxN, visible_BxTxN, emb_BxNxE,
                                                           batch["neuron_index"])
@@ -496,6 +507,10 @@ class OmniMouse(nnx.Module):
         behavior_BxTxC = behavior_BxTxC + self.behavior_head_bias[...].T
         if self.population_decoder is not None:
             behavior_BxTxC = behavior_BxTxC + self.population_decoder(pooled_BxTxE)
+        if self.factor_behavior is not None:
+            # A readout of the state the response model infers: the behavior loss does not reshape the factors
+            # (docs/evaluation.md, "Behavior from the factors").
+            behavior_BxTxC = behavior_BxTxC + self.factor_behavior(jax.lax.stop_gradient(factors_BxTxK))
         return {"rates": constrain(rates_BxNxT.transpose(0, 2, 1), ("batch", "length", "neurons")),
                 "behavior": behavior_BxTxC}
 
@@ -659,11 +674,12 @@ class OmniMouse(nnx.Module):
         pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
         return pooled_BxTxE * np.sqrt(self.config.max_neurons)
 
-    def _factor_completion(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
-        """(B, N, T) logits of the factor readout: gain x l_n . f_t, with loadings l_n a linear map of neuron n's
-        embedding and f_t = (sum_v l_v l_v^T + I)^-1 sum_v l_v (x_vt - offset_v) over the neurons v visible at t (the
-        posterior mean of unit-variance factors under unit noise). No visible neuron: f_t = 0. With factor dynamics,
-        f_t is the smoothed mean of AR(1) factors given every visible sample instead."""
+    def _factor_completion(self, responses_BxTxN, visible_BxTxN, emb_BxNxE,
+                           neuron_index_BxN) -> tuple[jax.Array, jax.Array]:
+        """(B, N, T) logits of the factor readout, gain x l_n . f_t, and the factors f (B, T, K). Loadings l_n are a
+        linear map of neuron n's embedding and f_t = (sum_v l_v l_v^T + I)^-1 sum_v l_v (x_vt - offset_v) over the
+        neurons v visible at t (the posterior mean of unit-variance factors under unit noise). No visible neuron:
+        f_t = 0. With factor dynamics, f_t is the smoothed mean of AR(1) factors given every visible sample instead."""
         loadings_BxNxK = self.factor_loadings(emb_BxNxE.astype(jnp.float32))
         deviation_BxTxN = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
         seen_BxTxN = visible_BxTxN.astype(jnp.float32)
@@ -677,7 +693,7 @@ class OmniMouse(nnx.Module):
         else:
             persistence_K = jnp.exp(-1.0 / (jnp.exp(self.factor_log_timescale[...]) * self.config.sampling_rate_hz))
         factors_BxTxK = smoothed_factors(gram_BxTxKxK, projected_BxTxK, persistence_K)
-        return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK)
+        return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK), factors_BxTxK
 
     def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
         """(B, N, T) logits of the history readout: sum over timescales k of w_k(neuron) x own_k(t) and
