@@ -158,7 +158,7 @@ def test_paper_data_sessions_prints_every_size_at_every_nested_share(store, tmp_
     assert "--split" not in capsys.readouterr().out  # the test split is evaluate's default and writes eval.json
     # The shares select nested session sets (2 sessions here: 1, 1, 1 and 2 of them), so D grows with the share.
     runs = sweep.load_sweep(spec + ":sizes=1M", tmp_path / "S", [("data.root", str(store))]).runs
-    tokens = [sweep.data_tokens(run.load_config())["D"] for run in runs]
+    tokens = [sweep.data_tokens(run.resolved_config())["D"] for run in runs]
     assert tokens[0] == tokens[1] == tokens[2] < tokens[3]
 
 

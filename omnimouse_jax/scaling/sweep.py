@@ -89,7 +89,8 @@ class Run:
         line = shlex.join([program, *self.train_args()])
         return line + (" && " + shlex.join([program, *self.eval_args()]) if evaluate else "")
 
-    def load_config(self):
+    def resolved_config(self):
+        """The run's full config: its config file's, with the run's overrides applied."""
         return load_config(self.config, list(self.overrides))
 
 
@@ -207,7 +208,7 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 def expected_steps(run: Run) -> int | None:
     """config.train.steps of the run, or None if its config does not load."""
     try:
-        return int(run.load_config().train.steps)
+        return int(run.resolved_config().train.steps)
     except UserError:
         return None
 
@@ -463,7 +464,7 @@ def collect_run(run: Run, evaluate: bool, status: dict) -> dict:
     """One row of runs.csv (see RUN_COLUMNS); numbers not yet known are left empty."""
     row = {"name": run.name, "size": run.size, "workdir": str(run.workdir)}
     try:
-        config = run.load_config()
+        config = run.resolved_config()
     except UserError as err:
         return {**row, "status": "failed", "error": str(err)}
     steps_saved = checkpoint_steps(run.workdir)
