@@ -102,9 +102,15 @@ def check_batch_divides_mesh(config, mesh) -> None:
     microbatches_of(config, mesh)
 
 
+def create_model(config):
+    """The model at its initialization for config.seed; call inside `sharding.use_rules(mesh)` and a jit (or
+    eval_shape)."""
+    return OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
+
+
 def create_model_and_optimizer(config, tx):
-    """The model and its optimizer; call inside `sharding.use_rules(mesh)` and a jit (or eval_shape)."""
-    model = OmniMouse(config.model, rngs=nnx.Rngs(config.seed))
+    """The model and its optimizer; called as `create_model`."""
+    model = create_model(config)
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -116,7 +122,7 @@ def abstract_state(config, tx, mesh):
 
 def abstract_model(config, mesh):
     """(graphdef, state) of the model alone, as `abstract_state`: what inference restores from a checkpoint."""
-    return _abstract(lambda: OmniMouse(config.model, rngs=nnx.Rngs(config.seed)), mesh)
+    return _abstract(lambda: create_model(config), mesh)
 
 
 def _abstract(create_modules, mesh):
