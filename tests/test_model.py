@@ -373,9 +373,7 @@ def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
 
     np.testing.assert_allclose(behavior(edited, batch["responses"]) - behavior(zeroed, batch["responses"]), expected,
                                rtol=1e-4, atol=1e-4)
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
+    changed = _with_a_hidden_response_changed(batch, visible)
     np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
 
 
@@ -492,6 +490,25 @@ def _population_task_with_offsets(seed: int, strategy=None, **options):
     return cfg, model, batch, masks, rng
 
 
+def _reference_factors(model, batch, masks, persistence_K):
+    """(visible (B, T, N), loadings (B, N, K), factors (B, T, K)): the AR(1) factors' posterior mean given the visible
+    deviations from the offsets, by dense Gaussian conditioning (tests/factor_reference.py)."""
+    loadings = _embeddings(model.identity, batch).astype(np.float64) @ np.asarray(model.factor_loadings.kernel[...])
+    offsets = np.asarray(model.identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    factors = np.stack([posterior_factor_means(loadings[b], batch["responses"][b] - offsets[b], visible[b],
+                                               persistence_K) for b in range(visible.shape[0])])
+    return visible, loadings, factors
+
+
+def _with_a_hidden_response_changed(batch, visible) -> np.ndarray:
+    """The batch's responses with one hidden response of a real neuron moved by 5."""
+    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
+    changed = batch["responses"].copy()
+    changed[b, t, n] += 5.0
+    return changed
+
+
 def _assert_readout_adds(cfg, model, readout_model, batch, masks, visible, logits_BxTxN):
     """readout_model's rates at the targets equal model's with logits_BxTxN added before the Softplus(beta) head, and
     a hidden response changes none of readout_model's rates. Returns (model's rates, the expected rates, targets)."""
@@ -505,9 +522,7 @@ def _assert_readout_adds(cfg, model, readout_model, batch, masks, visible, logit
     target = np.asarray(masks.response_target) & batch["neuron_mask"][:, None, :]
     np.testing.assert_allclose(rates(readout_model, batch["responses"])[target], expected[target], rtol=1e-3,
                                atol=1e-4)
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
+    changed = _with_a_hidden_response_changed(batch, visible)
     np.testing.assert_array_equal(rates(readout_model, changed), rates(readout_model, batch["responses"]))
     return base, expected, target
 
@@ -544,12 +559,8 @@ def test_dynamic_factor_readout_carries_the_visible_populations_state_to_the_for
     coupled.factor_log_timescale[...] = jnp.asarray(np.log(timescales_s), jnp.float32)
     persistence = np.exp(-1.0 / (timescales_s * cfg.sampling_rate_hz))
 
-    loadings = _embeddings(model.identity, batch).astype(np.float64) @ np.asarray(model.factor_loadings.kernel[...])
-    offsets = np.asarray(model.identity.neuron_offset[...])[batch["neuron_index"]]
-    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
-    logits_BxTxN = np.stack([
-        0.7 * posterior_factor_means(loadings[b], batch["responses"][b] - offsets[b], visible[b], persistence)
-        @ loadings[b].T for b in range(visible.shape[0])])
+    visible, loadings, factors_BxTxK = _reference_factors(model, batch, masks, persistence)
+    logits_BxTxN = 0.7 * np.einsum("btk,bnk->btn", factors_BxTxK, loadings)
     # model has gain 0: the model without the readout
     base, expected, target = _assert_readout_adds(cfg, model, coupled, batch, masks, visible, logits_BxTxN)
     assert not (target & visible.any(-1, keepdims=True)).any()  # every target sample has no visible neuron
@@ -569,11 +580,7 @@ def test_factor_behavior_decodes_the_smoothed_factors_into_each_channel():
     timescales_s = np.exp(np.asarray(model.factor_log_timescale[...], np.float64))
     persistence = np.exp(-1.0 / (timescales_s * cfg.sampling_rate_hz))
 
-    loadings = _embeddings(model.identity, batch).astype(np.float64) @ np.asarray(model.factor_loadings.kernel[...])
-    offsets = np.asarray(model.identity.neuron_offset[...])[batch["neuron_index"]]
-    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
-    factors_BxTxK = np.stack([posterior_factor_means(loadings[b], batch["responses"][b] - offsets[b], visible[b],
-                                                     persistence) for b in range(visible.shape[0])])
+    visible, _, factors_BxTxK = _reference_factors(model, batch, masks, persistence)
 
     def behavior(m, responses):
         return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"], np.float64)
@@ -581,9 +588,7 @@ def test_factor_behavior_decodes_the_smoothed_factors_into_each_channel():
     added = behavior(decoding, batch["responses"]) - behavior(model, batch["responses"])  # model has W = 0
     np.testing.assert_allclose(added, factors_BxTxK @ weights_KxC, rtol=1e-3, atol=1e-4)
     assert np.abs(added).max() > 1e-2
-    b, t, n = np.argwhere(~visible & batch["neuron_mask"][:, None, :])[0]
-    changed = batch["responses"].copy()
-    changed[b, t, n] += 5.0
+    changed = _with_a_hidden_response_changed(batch, visible)
     np.testing.assert_array_equal(behavior(decoding, changed), behavior(decoding, batch["responses"]))
 
 
