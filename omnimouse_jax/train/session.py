@@ -109,7 +109,7 @@ def create_model(config):
 
 
 def create_model_and_optimizer(config, tx):
-    """The model and its optimizer; called as `create_model`."""
+    """A fresh model (`create_model`) and its optimizer over the model's parameters."""
     model = create_model(config)
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -340,10 +340,6 @@ def compile_only(config) -> dict:
     }
 
 
-def _same_windows(windows):
-    return windows
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """What a run trains beyond its config. The defaults train a new model over config.data.sessions of the store, or
@@ -351,14 +347,14 @@ class RunSpec:
 
     layout          the model's sessions (None: the checkpoint's, else config.data.sessions of the store)
     reads           the sessions whose windows the run trains and validates on (None: `layout`)
-    map_windows     maps windows over `reads` onto the model's layout
+    map_windows     maps windows over `reads` onto the model's layout (None: they are already on it)
     make_optimizer  config -> (optax transform, {name: schedule}) (None: train/optim.py's recipe)
     init            (config, tx) -> (model, nnx.Optimizer), called under the mesh's sharding rules (None: a fresh
                     model, every parameter born sharded in one compile); a resumed run's checkpoint then replaces it
     """
     layout: SessionLayout | None = None
     reads: SessionLayout | None = None
-    map_windows: Callable[[Any], Any] = _same_windows
+    map_windows: Callable[[Any], Any] | None = None
     make_optimizer: Callable | None = None
     init: Callable | None = None
 
@@ -399,7 +395,7 @@ class TrainingSession:
         configure_model(config, self.layout, store.session(reads.names[0]).frame_shape)
         self._check_resumable()
         check_batch_divides_mesh(config, self.mesh)
-        self.windows = self.spec.map_windows(pipeline.TrainWindows(
+        self.windows = self._on_layout(pipeline.TrainWindows(
             store, reads, block=config.model.num_samples, max_neurons=config.model.max_neurons,
             global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
             weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
@@ -473,7 +469,10 @@ class TrainingSession:
                                            process_count=self.process_count)
         except UserError:
             return None  # no validation/oracle trials in the sessions read: no periodic validation loss
-        return self.spec.map_windows(windows)
+        return self._on_layout(windows)
+
+    def _on_layout(self, windows):
+        return windows if self.spec.map_windows is None else self.spec.map_windows(windows)
 
     def _compile(self) -> None:
         start = time.monotonic()
