@@ -167,8 +167,9 @@ def test_behavior_correlation_and_r2_per_channel_and_session(batches):
             x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
             corrs.append(np.corrcoef(x, y)[0, 1])
             r2s.append(1 - np.sum((y - x) ** 2) / np.sum((y - y.mean()) ** 2))
-        assert result[f"behavior/{name}/correlation"] == pytest.approx(np.mean(corrs), abs=1e-9)
-        assert result[f"behavior/{name}/r2"] == pytest.approx(np.mean(r2s), abs=1e-9)
+        # Sessions weighted by their number of neurons (4 and 3), as the official overall metric weighs them.
+        assert result[f"behavior/{name}/correlation"] == pytest.approx((4 * corrs[0] + 3 * corrs[1]) / 7, abs=1e-9)
+        assert result[f"behavior/{name}/r2"] == pytest.approx((4 * r2s[0] + 3 * r2s[1]) / 7, abs=1e-9)
 
 
 def test_a_constant_behavior_per_session_scores_zero_correlation(batches):
@@ -282,7 +283,8 @@ def test_repeated_trials_reads_the_oracle_repeats_of_a_store(tmp_path):
 
 def test_pooled_correlation_weighs_neurons_by_their_scored_elements():
     """The official population average: sum over neurons of count x correlation over the total count, a neuron with
-    constant responses contributing 0 but its count; the plain mean stays beside it."""
+    constant responses contributing 0 but its count; the plain mean stays beside it. Over several sessions, the
+    official overall metric: each session's average weighted by its number of neurons."""
     from omnimouse_jax.evaluate.metrics import PairMoments, summarize_correlation
 
     rng = np.random.default_rng(7)
@@ -296,3 +298,10 @@ def test_pooled_correlation_weighs_neurons_by_their_scored_elements():
     assert out["r/correlation"] == pytest.approx((ra + rb) / 2, abs=1e-12)
     assert out["r/correlation_pooled"] == pytest.approx((4 * ra + 10 * rb) / 17, abs=1e-12)
     assert out["r/n_neurons"] == 2 and out["r/n_excluded"] == 1
+    # Sessions of rows 0-1 and 2-4: each session pooled on its own, then weighted by its number of neurons (2, 3).
+    by_session = summarize_correlation(moments, "r", session_offsets=(0, 2, 5))
+    assert by_session["r/correlation_pooled"] == pytest.approx((2 * (4 * ra + 10 * rb) / 14 + 3 * 0.0) / 5, abs=1e-12)
+    assert by_session["r/correlation"] == out["r/correlation"]
+    # A session without any scored element has no weight.
+    assert summarize_correlation(moments, "r", session_offsets=(0, 2, 3, 5))["r/correlation_pooled"] == pytest.approx(
+        (2 * (4 * ra + 10 * rb) / 14 + 2 * 0.0) / 4, abs=1e-12)

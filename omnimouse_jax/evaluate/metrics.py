@@ -82,28 +82,47 @@ class PairMoments:
         return 1.0 - np.divide(sse, self.cyy, out=np.ones(self.num_rows), where=defined), defined
 
 
-def summarize_correlation(moments: PairMoments, prefix: str, rows: np.ndarray | None = None) -> dict[str, float]:
+def summarize_correlation(moments: PairMoments, prefix: str, rows: np.ndarray | None = None,
+                          session_offsets: Sequence[int] | None = None) -> dict[str, float]:
     """`prefix/correlation` (mean over neurons with a defined correlation), `prefix/correlation_pooled` (the official
     code's population average: weighted by each neuron's count of scored elements, a neuron without a defined
     correlation counting as 0), `prefix/n_neurons`, `prefix/n_excluded` (neurons with scored elements but constant
-    responses). `rows` restricts to a subset of rows."""
+    responses). `rows` restricts to a subset of rows.
+
+    With `session_offsets` (session k owns rows [offsets[k], offsets[k + 1])) the pooled average is taken per session
+    and the sessions with scored elements are then weighted by their number of neurons, as the official evaluation
+    combines sessions (its overall metric); without, all rows pool as one population."""
     corr, defined = moments.correlation()
     counts = moments.n
     if rows is not None:
         corr, defined, counts = corr[rows], defined[rows], counts[rows]
     scored = counts > 0
     out = {f"{prefix}/n_neurons": int(defined.sum()), f"{prefix}/n_excluded": int((scored & ~defined).sum())}
-    if defined.any():
-        out[f"{prefix}/correlation"] = float(corr[defined].mean())
-        out[f"{prefix}/correlation_pooled"] = float(np.sum(np.where(defined, corr, 0.0) * counts) / counts.sum())
+    if not defined.any():
+        return out
+    out[f"{prefix}/correlation"] = float(corr[defined].mean())
+    weighted = np.where(defined, corr, 0.0) * counts
+    if session_offsets is None:
+        out[f"{prefix}/correlation_pooled"] = float(weighted.sum() / counts.sum())
+        return out
+    total = weight = 0.0
+    for start, stop in zip(session_offsets[:-1], session_offsets[1:]):
+        if counts[start:stop].sum() > 0:
+            total += (stop - start) * weighted[start:stop].sum() / counts[start:stop].sum()
+            weight += stop - start
+    out[f"{prefix}/correlation_pooled"] = total / weight
     return out
 
 
 class ResponseMetrics:
     """Single-trial correlation (OmniMouse and Sensorium conventions), Poisson NLL and bits per spike."""
 
-    def __init__(self, num_neuron_rows: int, sensorium_skip: int = SENSORIUM_SKIP):
+    def __init__(self, num_neuron_rows: int, sensorium_skip: int = SENSORIUM_SKIP,
+                 session_offsets: Sequence[int] | None = None):
+        """`session_offsets`: session k owns rows [offsets[k], offsets[k + 1]); the pooled correlation then weighs
+        sessions by their neurons (summarize_correlation)."""
         self.skip = sensorium_skip
+        self.session_offsets = session_offsets
         self.single_trial = PairMoments(num_neuron_rows)
         self.sensorium = PairMoments(num_neuron_rows)
         # Per row: count, sum of responses, sum of the model's Poisson log-likelihood terms y log r - r.
@@ -124,8 +143,8 @@ class ResponseMetrics:
         self.log_likelihood += counts(y * np.log(np.maximum(r, RATE_FLOOR)) - r)
 
     def result(self) -> dict[str, float]:
-        out = summarize_correlation(self.single_trial, "response")
-        out.update(summarize_correlation(self.sensorium, "sensorium"))
+        out = summarize_correlation(self.single_trial, "response", session_offsets=self.session_offsets)
+        out.update(summarize_correlation(self.sensorium, "sensorium", session_offsets=self.session_offsets))
         elements = self.count.sum()
         if elements == 0:
             return out
@@ -175,11 +194,15 @@ class ForecastMetrics:
 
 class BehaviorMetrics:
     """Per behavior channel: Pearson correlation and R^2 over the scored behavior elements of each session, then the
-    mean over sessions. Per session, because behavior is standardized per session: pooling sessions would reward
-    matching between-session offsets (a per-session constant would score a correlation)."""
+    mean over sessions, weighted by `session_weights` (MetricSuite: each session's number of neurons, as the official
+    overall metric weighs sessions; None: equal). Per session, because behavior is standardized per session: pooling
+    sessions would reward matching between-session offsets (a per-session constant would score a correlation)."""
 
-    def __init__(self, num_sessions: int, channels: Sequence[str] = BEHAVIOR_CHANNELS):
+    def __init__(self, num_sessions: int, channels: Sequence[str] = BEHAVIOR_CHANNELS,
+                 session_weights: Sequence[float] | None = None):
         self.channels = tuple(channels)
+        self.session_weights = np.ones(num_sessions) if session_weights is None else np.asarray(session_weights,
+                                                                                                float)
         self.moments = PairMoments(num_sessions * len(self.channels))  # row = session * C + channel
 
     def update(self, predicted_BxTxC, behavior_BxTxC, scored_BxTxC, session_B) -> None:
@@ -195,7 +218,8 @@ class BehaviorMetrics:
         for i, name in enumerate(self.channels):
             for metric, values, ok in (("correlation", corr, ok_corr), ("r2", r2, ok_r2)):
                 if ok[:, i].any():
-                    out[f"behavior/{name}/{metric}"] = float(values[ok[:, i], i].mean())
+                    out[f"behavior/{name}/{metric}"] = float(np.average(values[ok[:, i], i],
+                                                                        weights=self.session_weights[ok[:, i]]))
                     means[metric].append(out[f"behavior/{name}/{metric}"])
         for metric, values in means.items():
             if values:
@@ -347,8 +371,8 @@ class MetricSuite:
                  trial_videos: Sequence[Mapping[int, tuple[int, int]]] | None = None,
                  sensorium_skip: int = SENSORIUM_SKIP):
         rows = layout.num_neuron_rows
-        self.responses = ResponseMetrics(rows, sensorium_skip)
-        self.behavior = BehaviorMetrics(layout.num_sessions)
+        self.responses = ResponseMetrics(rows, sensorium_skip, (*layout.row_offsets, rows))
+        self.behavior = BehaviorMetrics(layout.num_sessions, session_weights=layout.n_neurons)
         self.forecast = ForecastMetrics(rows) if forecast else None
         self.repeats = RepeatMetrics(layout, trial_videos, skip=sensorium_skip) if trial_videos is not None else None
 
