@@ -211,6 +211,9 @@ def test_metrics_recomputed_from_saved_predictions(result, store):
     corr = [c for c in _pearson_by_group(saved["response_row"], saved["rate"], saved["response"]).values()
             if c is not None]
     assert np.mean(corr) == pytest.approx(model["response/correlation"], abs=1e-6)
+    # Every neuron scored equally often: each session's pooled value is its neurons' mean (an undefined one as 0),
+    # and weighting the sessions by their neurons makes it the sum over all neurons over their number.
+    assert np.sum(corr) / sum(layout.n_neurons) == pytest.approx(model["response/correlation_pooled"], abs=1e-6)
     late = saved["response_position"] >= 50
     corr = [c for c in _pearson_by_group(saved["response_row"][late], saved["rate"][late],
                                          saved["response"][late]).values() if c is not None]
@@ -225,8 +228,11 @@ def test_metrics_recomputed_from_saved_predictions(result, store):
         pick = saved["behavior_channel"] == c
         per_session = _pearson_by_group(saved["behavior_session"][pick], saved["behavior_predicted"][pick],
                                         saved["behavior_actual"][pick])
-        defined = [v for v in per_session.values() if v is not None]
-        assert np.mean(defined) == pytest.approx(model[f"behavior/{name}/correlation"], abs=1e-6)
+        defined = {k: v for k, v in per_session.items() if v is not None}
+        # Sessions weighted by their number of neurons, as the official overall metric weighs them.
+        weights = [layout.n_neurons[k] for k in defined]
+        assert np.average(list(defined.values()), weights=weights) == pytest.approx(
+            model[f"behavior/{name}/correlation"], abs=1e-6)
 
 
 def _floored_std(session):
