@@ -28,3 +28,27 @@ if not _cache:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+
+import pytest  # noqa: E402
+
+from mice_runs import six_step_config, write_mice  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mice_store(tmp_path_factory):
+    """mice_runs.write_mice's store, built once per test session; tests read it and never write to it."""
+    return write_mice(tmp_path_factory.mktemp("mice_store"))
+
+
+@pytest.fixture(scope="session")
+def six_step_run(mice_store, tmp_path_factory):
+    """A workdir of `six_step_config(mice_store)` trained to its end, once per test session (training is mostly
+    tracing, paid again by every run): checkpoints 3 and 6. Tests may add files (evaluation outputs) but never train
+    it further."""
+    from omnimouse_jax.train.trainer import train
+
+    workdir = tmp_path_factory.mktemp("six_step_run")
+    train(six_step_config(mice_store), workdir)
+    return workdir

@@ -16,23 +16,19 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from device_flags import without_fake_devices
+from mice_runs import QUIET_RUN, RUN_CONFIG
 from omnimouse_jax.config import load_config
-from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.parallel import distributed, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = "experiments/configs/omnimouse.py:size=test"
-RUN = {"train.log_every_steps": 1, "train.eval_every_steps": 0, "train.tensorboard": False,
-       "checkpoint.use_async": False, "checkpoint.every_steps": 3, "data.num_threads": 1}
+CONFIG = RUN_CONFIG
+RUN = {**QUIET_RUN, "checkpoint.every_steps": 3}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed_store")
-    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
-                                               test_trials=2, trial_length=90, seed=5), layout="store")
-    return root
+def store(mice_store):
+    return mice_store
 
 
 def _overrides(**values):

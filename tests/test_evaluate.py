@@ -6,40 +6,26 @@ import re
 import numpy as np
 import pytest
 
+from mice_runs import TRIAL_LENGTH
 from omnimouse_jax.data import pipeline
 from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.store import open_store
-from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.evaluate import regimes as R
 from omnimouse_jax.model import masking
 
-CONFIG = "experiments/configs/omnimouse.py:size=test"
-T, MAX_NEURONS, TRIAL = 60, 32, 90
+T, MAX_NEURONS, TRIAL = 60, 32, TRIAL_LENGTH
 SAVED = ("causal_response_25", "all_response_only", "video_behavior")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate_store")
-    # The store and training settings of tests/test_train.py: the compiled training step and model creation are
-    # shared through the test session's compilation cache.
-    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
-                                               test_trials=2, trial_length=TRIAL, seed=5), layout="store")
-    return root
+def store(mice_store):
+    return mice_store
 
 
 @pytest.fixture(scope="module")
-def workdir(store, tmp_path_factory):
-    from omnimouse_jax.config import load_config
-    from omnimouse_jax.train.trainer import train
-
-    workdir = tmp_path_factory.mktemp("evaluate_run")
-    overrides = {"data.root": str(store), "train.steps": "6", "checkpoint.every_steps": "3",
-                 "train.log_every_steps": "1", "train.eval_every_steps": "0", "train.tensorboard": "False",
-                 "checkpoint.use_async": "False", "data.num_threads": "1"}
-    train(load_config(CONFIG, list(overrides.items())), workdir)
-    return workdir
+def workdir(six_step_run):
+    return six_step_run
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mice_runs import QUIET_RUN
 from omnimouse_jax.cli import main
 from omnimouse_jax.config import load_config, load_config_file
 from omnimouse_jax.data.layout import SessionLayout
@@ -14,8 +15,7 @@ from omnimouse_jax.train.finetune import SubLayout, finetune
 from omnimouse_jax.train.restore import load_trained
 from omnimouse_jax.train.trainer import train
 
-QUIET = {"train.log_every_steps": 1, "train.eval_every_steps": 0, "train.tensorboard": False,
-         "checkpoint.use_async": False, "data.num_threads": 1}
+QUIET = QUIET_RUN
 
 
 @pytest.fixture(scope="module")

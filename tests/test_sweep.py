@@ -12,7 +12,6 @@ import pytest
 from device_flags import without_fake_devices
 from omnimouse_jax import cli
 from omnimouse_jax.data.store import open_store
-from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.scaling import figures, sweep
 
@@ -34,11 +33,8 @@ def get_sweep(arg=""):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep_store")
-    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
-                                               test_trials=2, trial_length=90, seed=5), layout="store")
-    return root
+def store(mice_store):
+    return mice_store
 
 
 @pytest.fixture(scope="module")

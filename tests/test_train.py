@@ -9,27 +9,17 @@ import time
 import numpy as np
 import pytest
 
-from omnimouse_jax.config import load_config
-from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
+from mice_runs import RUN_CONFIG, six_step_config
 from omnimouse_jax.train.trainer import train
 
-CONFIG = "experiments/configs/omnimouse.py:size=test"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_store")
-    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
-                                               test_trials=2, trial_length=90, seed=5), layout="store")
-    return root
+def store(mice_store):
+    return mice_store
 
 
-def _config(store, **overrides):
-    base = {"data.root": str(store), "train.steps": "6", "checkpoint.every_steps": "3", "train.log_every_steps": "1",
-            "train.eval_every_steps": "0", "train.tensorboard": "False", "checkpoint.use_async": "False",
-            "data.num_threads": "1"}
-    base.update({k: str(v) for k, v in overrides.items()})
-    return load_config(CONFIG, list(base.items()))
+_config = six_step_config
 
 
 def _losses(workdir):
@@ -62,9 +52,8 @@ def test_a_relative_store_path_is_saved_absolute_and_another_model_is_refused_be
         train(other, tmp_path / "w")
 
 
-def test_resumed_run_matches_an_uninterrupted_one(store, tmp_path):
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    train(_config(store), whole)
+def test_resumed_run_matches_an_uninterrupted_one(store, six_step_run, tmp_path):
+    whole, split = six_step_run, tmp_path / "split"
     train(_config(store, **{"train.steps": 3}), split)  # stops at the step-3 checkpoint
     train(_config(store), split)  # resumes from it
     a, b = _losses(whole), _losses(split)
@@ -167,7 +156,7 @@ def test_bad_mesh_and_batch_are_named(store, tmp_path):
 def _train_process(store, workdir, **overrides):
     settings = {"data.root": store, "train.steps": 100000, "checkpoint.every_steps": 100000,
                 "train.log_every_steps": 1, "train.tensorboard": False, **overrides}
-    cmd = [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
+    cmd = [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", RUN_CONFIG, "--workdir", str(workdir),
            *[f"--config.{k}={v}" for k, v in settings.items()]]
     import jax
 

@@ -9,20 +9,17 @@ import jax
 import numpy as np
 import pytest
 
+from mice_runs import RUN_CONFIG
 from omnimouse_jax.config import load_config
-from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 from omnimouse_jax.train.trainer import train
 
-CONFIG = "experiments/configs/omnimouse.py:size=test"
+CONFIG = RUN_CONFIG
 STEPS, EVERY = 8, 2
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fault_store")
-    write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,
-                                               test_trials=2, trial_length=90, seed=5), layout="store")
-    return root
+def store(mice_store):
+    return mice_store
 
 
 def _overrides(store):
