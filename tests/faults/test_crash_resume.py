@@ -2,6 +2,7 @@
 restore point on equal an uninterrupted run's, and nothing already saved is lost."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ from omnimouse_jax.config import load_config
 from omnimouse_jax.train.trainer import train
 
 CONFIG = RUN_CONFIG
-STEPS, EVERY = 8, 2
+# The uninterrupted reference is the session's shared six_step_run (checkpoints every 3 steps); these runs save every
+# 2 and keep the newest 2, which losses do not depend on, so that a resumed run also prunes an old checkpoint.
+STEPS, EVERY, KEEP = 6, 2, 2
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def store(mice_store):
 
 def _overrides(store):
     return {"data.root": str(store), "train.steps": STEPS, "checkpoint.every_steps": EVERY,
-            "train.log_every_steps": 1, "train.eval_every_steps": 0, "train.tensorboard": False,
+            "checkpoint.keep": KEEP, "train.log_every_steps": 1, "train.eval_every_steps": 0, "train.tensorboard": False,
             "data.num_threads": 1}
 
 
@@ -34,10 +37,9 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(store, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reference")
-    train(load_config(CONFIG, [(k, str(v)) for k, v in _overrides(store).items()]), workdir)
-    return _losses(workdir)
+def reference(six_step_run):
+    assert json.loads((six_step_run / "config.json").read_text())["train"]["steps"] == STEPS
+    return _losses(six_step_run)
 
 
 def _run_killed(store, workdir, kill_at):
@@ -57,11 +59,12 @@ def test_kill9_around_a_checkpoint_then_resume_matches(store, reference, tmp_pat
     resumed = _losses(workdir)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([resumed[s] for s in resumed], [reference[s] for s in resumed], rtol=1e-6)
-    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [4, 6, 8]
+    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [4, 6]  # 2 pruned
 
 
 @pytest.mark.parametrize("damaged", ["state", "meta"])
-def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, reference, tmp_path, capsys, damaged):
+def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, six_step_run, reference, tmp_path, capsys,
+                                                                damaged):
     """A truncated array file or JSON record in the newest checkpoint: reading for evaluation scores the previous
     step and moves nothing (and a request for the damaged step by number is refused); training resumes from the
     previous step, moves the damaged one aside, and says so in a few lines."""
@@ -69,15 +72,14 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, reference
     from omnimouse_jax.train.restore import load_trained
 
     workdir = tmp_path / "w"
-    config = load_config(CONFIG, [(k, str(v)) for k, v in {**_overrides(store), "train.steps": 6}.items()])
-    train(config, workdir)
+    shutil.copytree(six_step_run, workdir)  # checkpoints 3 and 6
     for path in (workdir / "checkpoints" / "6" / damaged).rglob("*"):
         if damaged == "meta" and path.name == "metadata":
             path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
         if damaged == "state" and path.is_file() and "ocdbt.process" in str(path) and path.parent.name == "d":
             path.write_bytes(path.read_bytes()[:10])  # a truncated data file
-    assert load_trained(workdir).step == 4
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
+    assert load_trained(workdir).step == 3
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
     with pytest.raises(UserError, match="checkpoint step 6 is unreadable"):
         load_trained(workdir, step=6)
     capsys.readouterr()
@@ -86,7 +88,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, reference
     assert "checkpoints/6 is unreadable" in err and "checkpoints_unreadable/6-" in err
     assert len(err.splitlines()) <= 10, err[-3000:]
     resumed = _losses(workdir)
-    np.testing.assert_allclose([resumed[s] for s in range(5, STEPS + 1)], [reference[s] for s in range(5, STEPS + 1)],
+    np.testing.assert_allclose([resumed[s] for s in range(4, STEPS + 1)], [reference[s] for s in range(4, STEPS + 1)],
                                rtol=1e-6)
     assert len(os.listdir(workdir / "checkpoints_unreadable")) == 1
 
