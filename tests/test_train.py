@@ -115,11 +115,13 @@ def test_training_mix_choices(store):
         training_mix(_config(store, **{"masking.mix": "nope"}))
 
 
-def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, tmp_path):
-    """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh."""
-    train(_config(store, **{"train.steps": 3, "mesh.data": 8}), tmp_path / "dp")
+def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, six_step_run, tmp_path):
+    """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh (the
+    shared run's: the test config's mesh is data over every device, and its constant learning rate makes the first
+    3 steps of a 6-step run those of a 3-step one)."""
+    assert json.loads((six_step_run / "config.json").read_text())["mesh"] == {"data": -1, "fsdp": 1, "tensor": 1}
     train(_config(store, **{"train.steps": 3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}), tmp_path / "sharded")
-    a, b = _losses(tmp_path / "dp"), _losses(tmp_path / "sharded")
+    a, b = _losses(six_step_run), _losses(tmp_path / "sharded")
     np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], rtol=2e-4)
 
 
