@@ -345,9 +345,13 @@ def test_response_gain_scales_each_neurons_tokens_by_its_embedding():
 
 
 def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
-    """The population decoder adds, at each sample, sqrt(max_neurons) x the mean over visible neurons of
-    (response - offset) x embedding, times its kernel, to the behavior (numpy reference); a hidden response changes
-    nothing, so no regime can read what it must predict."""
+    """The population decoder adds, at each sample t, the sum over lags l in -L..L of p_{t+l} times the kernel's
+    tap l (p = 0 outside the block) to the behavior, where p_t = sqrt(max_neurons) x the mean over visible neurons
+    of (response - offset) x embedding (numpy reference); a hidden response changes nothing, so no regime can read
+    what it must predict, and the decoder's gradient does not reach the embeddings or offsets it reads."""
+    lags = CFG.population_decoder_lags
+    assert lags > 0 and model.population_decoder.kernel.shape == (2 * lags + 1, CFG.d_neuron_embed,
+                                                                  CFG.behavior_channels)
     batch = make_batch(CFG, seed=21)
     strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
     masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
@@ -366,7 +370,8 @@ def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
     assert visible.any() and not visible.all()
     deviation = np.where(visible, batch["responses"] - offsets[batch["neuron_index"]][:, None], 0.0)
     pooled = np.einsum("btn,bne->bte", deviation, emb) / np.maximum(visible.sum(-1, keepdims=True), 1)
-    expected = pooled * np.sqrt(CFG.max_neurons) @ kernel
+    padded = np.pad(pooled * np.sqrt(CFG.max_neurons), ((0, 0), (lags, lags), (0, 0)))
+    expected = sum(padded[:, lags + lag: lags + lag + T] @ kernel[lags + lag] for lag in range(-lags, lags + 1))
 
     def behavior(m, responses):
         return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"])
@@ -375,6 +380,16 @@ def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
                                rtol=1e-4, atol=1e-4)
     changed = _with_a_hidden_response_changed(batch, visible)
     np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
+
+    # The behavior loss trains the decoder's kernel only: the behavior's gradient with respect to the tables the
+    # pooled state is made of (embeddings, offsets) is the same with the decoder as without it.
+    def identity_grads(m):
+        return nnx.grad(lambda m: forward(m, batch, masks)["behavior"].sum())(m)["identity"]
+
+    with_decoder, without = identity_grads(edited), identity_grads(zeroed)
+    for name in ("neuron_table", "neuron_offset"):
+        np.testing.assert_allclose(with_decoder[name][...], without[name][...], rtol=0, atol=1e-6)
+    assert np.abs(with_decoder["neuron_table"][...]).max() > 0  # the behavior queries' embeddings do reach it
 
 
 def test_behavior_readout_is_time_resolved(model):

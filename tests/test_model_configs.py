@@ -95,6 +95,10 @@ def test_bad_config_arguments(arg, match):
     (dict(video_skip_readout=True, decoder_video_attention="joint"),
      r"config\.model\.video_skip_readout=True .* needs decoder_video_attention='separate'"),
     (dict(factor_readout=0, factor_behavior=True), r"config\.model\.factor_behavior=True .* needs factor_readout > 0"),
+    (dict(population_decoder=False), r"config\.model\.population_decoder_lags=4 must be >= 0, and > 0 only with "
+                                     r"population_decoder=True"),
+    (dict(population_decoder_lags=-1), r"config\.model\.population_decoder_lags=-1 must be >= 0"),
+    (dict(population_decoder_lags=60), r"config\.model\.population_decoder_lags=60 must be below num_samples=60"),
     (dict(video=dict(encoder="vit")), r"config\.model\.video\.encoder='vit': expected one of \['hiera', 'convnext'\]"),
 ])
 def test_inconsistent_model_settings_fail_at_config_time(changes, match):
@@ -146,7 +150,7 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
     old = configs.get_config("size=test").to_dict()
     for key in ("behavior_readout", "response_gain", "neuron_embed_init", "population_decoder",
                 "video_factorized_readout", "population_readout", "factor_readout", "factor_dynamics",
-                "factor_behavior"):
+                "factor_behavior", "population_decoder_lags"):
         del old["model"][key]
     for key in ("patch_impl", "encoder"):
         del old["model"]["video"][key]
@@ -157,6 +161,7 @@ def test_saved_config_without_newer_model_options_rebuilds_the_old_model():
     assert loaded.frame_shape == tuple(old["model"]["frame_shape"])
     current = config_from_json(configs.get_config("size=test").to_dict()).model
     assert (current.behavior_readout, current.response_gain, current.population_decoder) == ("per_step", True, True)
+    assert (loaded.population_decoder_lags, current.population_decoder_lags) == (0, 4)
     model = OmniMouse(loaded, rngs=nnx.Rngs(0))
     assert model.behavior_head.shape[-1] == loaded.num_samples and model.response_gain is None
     assert model.population_decoder is None and model.identity.neuron_offset is None

@@ -53,6 +53,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # The paper's code: a behavior query per channel, neuron tokens = response features + embedding, random
         # embeddings. tiny and test use our readout and initialization instead (see model_config).
         behavior_readout="per_channel", response_gain=False, neuron_embed_init="random", population_decoder=False,
+        population_decoder_lags=0,
         # The paper's code: the decoder's queries read the video tokens and latents of their time window and the
         # global tokens; the session's and animal's embedding is added to every latent and behavior token.
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
@@ -76,11 +77,11 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     model = _paper_model("1M")
     model.dtype = "float32"
     # Time-resolved behavior queries, neuron-specific response gains, embeddings that start at each neuron's
-    # behavior tuning and a linear population decoder beside the behavior readout (omnimouse_jax/model/omnimouse.py).
-    # On 3 digital mice after tiny's 300 steps, seeds 0-3: see docs/evaluation.md ("Readout and initialization",
-    # "The population decoder"); not yet validated at the paper's sizes.
+    # behavior tuning and a linear population decoder beside the behavior readout, reading the population over
+    # +-4 samples (omnimouse_jax/model/omnimouse.py). See docs/evaluation.md ("Readout and initialization", "The
+    # population decoder", "The decoder's window"); not yet validated at the paper's sizes.
     model.update(behavior_readout="per_step", response_gain=True, neuron_embed_init="behavior_tuning",
-                 population_decoder=True)
+                 population_decoder=True, population_decoder_lags=4)
     # The video readout: each neuron reads every video stage through its own signed spatial map and channel weights,
     # started at its reverse-correlation map (the factorized readout); where the decoder reads video keys, a learned
     # spatio-temporal Gaussian on its logits over them, in a softmax of their own; the neuron's embedding scales the

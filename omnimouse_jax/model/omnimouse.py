@@ -25,7 +25,12 @@ Flow for a block of T samples split into W = T / latent_window time bins:
   population decoder (population_decoder=True; not in the paper's code): a linear decoder added to the behavior
             readout. At each sample it averages the visible neurons' deviations from their offsets, each weighted by
             the neuron's embedding, and maps that (d_embed,) vector to the channels: a classical linear population
-            decoder whose per-neuron weights are a linear function of the embeddings. Zero at init.
+            decoder whose per-neuron weights are a linear function of the embeddings. Zero at init. The behavior
+            loss trains only the decoder's kernel: the pooled vector reaches it through a stop-gradient, so decoding
+            behavior does not reshape the embeddings and offsets the responses are predicted from. With
+            population_decoder_lags=L > 0 each channel at sample t reads that vector at samples t - L .. t + L
+            (a temporal filter per channel, zero beyond the block), as a ridge decoder over lagged responses does:
+            the behavior varies slowly against the sampling rate, and one sample's responses are noisy.
   history readout (history_readout=True; not in the paper's code): the spike-history and coupling filters of a
             population GLM (Pillow et al. 2008). At each sample, exponentially weighted averages of the neuron's own
             visible deviations from its offset and of the population's mean deviation, over strictly earlier samples
@@ -107,7 +112,7 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
                  "history_readout": False, "factor_readout": 0, "factor_dynamics": False,
-                 "factor_behavior": False}
+                 "factor_behavior": False, "population_decoder_lags": 0}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -187,6 +192,11 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"video_readout_prior={cfg.video_readout_prior!r} needs decoder_video_keys=True (the prior weights the "
          "decoder's video keys)")
     need_window("local_window_bins")
+    need(cfg.population_decoder_lags >= 0 and (cfg.population_decoder or not cfg.population_decoder_lags),
+         f"population_decoder_lags={cfg.population_decoder_lags} must be >= 0, and > 0 only with "
+         "population_decoder=True (it sets the population decoder's window)")
+    need(cfg.population_decoder_lags < cfg.num_samples,
+         f"population_decoder_lags={cfg.population_decoder_lags} must be below num_samples={cfg.num_samples}")
     need(not cfg.factor_behavior or cfg.factor_readout > 0,
          "factor_behavior=True decodes the behavior from the factor readout's factors: it needs factor_readout > 0")
     local, glob = cfg.local_global_ratio
@@ -351,10 +361,18 @@ class OmniMouse(nnx.Module):
         # Gradient descent learns a linear readout slowly along low-variance directions of the latents (a weakly
         # encoded channel such as gaze); in embedding coordinates the decoder's weights are axis-aligned with the
         # neurons' tunings, which Adam's per-coordinate steps learn quickly (docs/evaluation.md).
-        self.population_decoder = nnx.Linear(
-            cfg.d_neuron_embed, cfg.behavior_channels, use_bias=False, param_dtype=jnp.float32,
-            kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "channels"),
-            rngs=rngs) if cfg.population_decoder else None
+        lags = cfg.population_decoder_lags
+        if not cfg.population_decoder:
+            self.population_decoder = None
+        elif lags:
+            self.population_decoder = nnx.Conv(
+                cfg.d_neuron_embed, cfg.behavior_channels, kernel_size=(2 * lags + 1,), padding=((lags, lags),),
+                use_bias=False, param_dtype=jnp.float32,
+                kernel_init=partitioned(nnx.initializers.zeros_init(), None, "neuron_embed", "channels"), rngs=rngs)
+        else:
+            self.population_decoder = nnx.Linear(
+                cfg.d_neuron_embed, cfg.behavior_channels, use_bias=False, param_dtype=jnp.float32,
+                kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", "channels"), rngs=rngs)
         self.population_readout = nnx.Linear(
             cfg.d_neuron_embed, cfg.d_neuron_embed, use_bias=False, param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", None),
@@ -506,7 +524,9 @@ class OmniMouse(nnx.Module):
                                     self.behavior_head[...]).reshape(b, t, c)
         behavior_BxTxC = behavior_BxTxC + self.behavior_head_bias[...].T
         if self.population_decoder is not None:
-            behavior_BxTxC = behavior_BxTxC + self.population_decoder(pooled_BxTxE)
+            # Let through, this gradient costs the response regimes (docs/evaluation.md, "The population decoder's
+            # window").
+            behavior_BxTxC = behavior_BxTxC + self.population_decoder(jax.lax.stop_gradient(pooled_BxTxE))
         if self.factor_behavior is not None:
             # A readout of the state the response model infers: the behavior loss does not reshape the factors
             # (docs/evaluation.md, "Behavior from the factors").
