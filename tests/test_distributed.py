@@ -176,9 +176,10 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
                   "peak estimate", "FLOPs per step"):
         assert field in out, field
     # float32 parameters split 4 ways by fsdp; the few that have no fsdp-split axis (norm scales, convolution and
-    # latent tensors with no `embed` axis) are replicated, which costs the test model 1.1%: allow 2%.
+    # latent tensors and the population decoder's kernel, none with an `embed` axis) are replicated, which costs the
+    # test model about 3%: allow 4% (a parameter set not split at all would cost 300%).
     even_split = result["param_count"] * 4 / 4
-    assert even_split <= result["param_bytes"] <= 1.02 * even_split
+    assert even_split <= result["param_bytes"] <= 1.04 * even_split
     # Adam's mu and nu (one per parameter, same split), plus a few int32 step counters of the optimizer chain.
     assert 0 <= result["optimizer_bytes"] - 2 * result["param_bytes"] < 64
     # One int32 per example and masking field, split like the batch over data x fsdp = 8 devices.
