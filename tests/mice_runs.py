@@ -10,8 +10,8 @@ QUIET_RUN = {"train.log_every_steps": "1", "train.eval_every_steps": "0", "train
 
 
 def write_mice(root: Path) -> Path:
-    """2 digital mice (24 and 40 neurons): 6 train trials of TRIAL_LENGTH samples each, one oracle video shown twice and 2 test
-    trials."""
+    """2 digital mice (24 and 40 neurons): 6 train trials of TRIAL_LENGTH samples each, one oracle video shown twice
+    and 2 test trials."""
     from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
 
     write_digital_mice(root, DigitalMiceConfig(mice=2, neurons=(24, 40), trials=6, oracle_videos=1, oracle_repeats=2,

@@ -299,9 +299,9 @@ def test_pooled_correlation_weighs_neurons_by_their_scored_elements():
     assert out["r/correlation_pooled"] == pytest.approx((4 * ra + 10 * rb) / 17, abs=1e-12)
     assert out["r/n_neurons"] == 2 and out["r/n_excluded"] == 1
     # Sessions of rows 0-1 and 2-4: each session pooled on its own, then weighted by its number of neurons (2, 3).
-    by_session = summarize_correlation(moments, "r", session_offsets=(0, 2, 5))
+    by_session = summarize_correlation(moments, "r", session_sizes=(2, 3))
     assert by_session["r/correlation_pooled"] == pytest.approx((2 * (4 * ra + 10 * rb) / 14 + 3 * 0.0) / 5, abs=1e-12)
     assert by_session["r/correlation"] == out["r/correlation"]
     # A session without any scored element has no weight.
-    assert summarize_correlation(moments, "r", session_offsets=(0, 2, 3, 5))["r/correlation_pooled"] == pytest.approx(
+    assert summarize_correlation(moments, "r", session_sizes=(2, 1, 2))["r/correlation_pooled"] == pytest.approx(
         (2 * (4 * ra + 10 * rb) / 14 + 2 * 0.0) / 4, abs=1e-12)

@@ -83,14 +83,14 @@ class PairMoments:
 
 
 def summarize_correlation(moments: PairMoments, prefix: str, rows: np.ndarray | None = None,
-                          session_offsets: Sequence[int] | None = None) -> dict[str, float]:
+                          session_sizes: Sequence[int] | None = None) -> dict[str, float]:
     """`prefix/correlation` (mean over neurons with a defined correlation), `prefix/correlation_pooled` (the official
     code's population average: weighted by each neuron's count of scored elements, a neuron without a defined
     correlation counting as 0), `prefix/n_neurons`, `prefix/n_excluded` (neurons with scored elements but constant
     responses). `rows` restricts to a subset of rows.
 
-    With `session_offsets` (session k owns rows [offsets[k], offsets[k + 1])) the pooled average is taken per session
-    and the sessions with scored elements are then weighted by their number of neurons, as the official evaluation
+    With `session_sizes` (session k owns the next session_sizes[k] rows) the pooled average is taken per session and
+    the sessions with scored elements are then weighted by their number of neurons, as the official evaluation
     combines sessions (its overall metric); without, all rows pool as one population."""
     corr, defined = moments.correlation()
     counts = moments.n
@@ -102,11 +102,12 @@ def summarize_correlation(moments: PairMoments, prefix: str, rows: np.ndarray | 
         return out
     out[f"{prefix}/correlation"] = float(corr[defined].mean())
     weighted = np.where(defined, corr, 0.0) * counts
-    if session_offsets is None:
+    if session_sizes is None:
         out[f"{prefix}/correlation_pooled"] = float(weighted.sum() / counts.sum())
         return out
     total = weight = 0.0
-    for start, stop in zip(session_offsets[:-1], session_offsets[1:]):
+    offsets = np.cumsum([0, *session_sizes])
+    for start, stop in zip(offsets[:-1], offsets[1:]):
         if counts[start:stop].sum() > 0:
             total += (stop - start) * weighted[start:stop].sum() / counts[start:stop].sum()
             weight += stop - start
@@ -118,11 +119,11 @@ class ResponseMetrics:
     """Single-trial correlation (OmniMouse and Sensorium conventions), Poisson NLL and bits per spike."""
 
     def __init__(self, num_neuron_rows: int, sensorium_skip: int = SENSORIUM_SKIP,
-                 session_offsets: Sequence[int] | None = None):
-        """`session_offsets`: session k owns rows [offsets[k], offsets[k + 1]); the pooled correlation then weighs
-        sessions by their neurons (summarize_correlation)."""
+                 session_sizes: Sequence[int] | None = None):
+        """`session_sizes`: neurons per session, in row order; the pooled correlation then weighs sessions by them
+        (summarize_correlation)."""
         self.skip = sensorium_skip
-        self.session_offsets = session_offsets
+        self.session_sizes = session_sizes
         self.single_trial = PairMoments(num_neuron_rows)
         self.sensorium = PairMoments(num_neuron_rows)
         # Per row: count, sum of responses, sum of the model's Poisson log-likelihood terms y log r - r.
@@ -143,8 +144,8 @@ class ResponseMetrics:
         self.log_likelihood += counts(y * np.log(np.maximum(r, RATE_FLOOR)) - r)
 
     def result(self) -> dict[str, float]:
-        out = summarize_correlation(self.single_trial, "response", session_offsets=self.session_offsets)
-        out.update(summarize_correlation(self.sensorium, "sensorium", session_offsets=self.session_offsets))
+        out = summarize_correlation(self.single_trial, "response", session_sizes=self.session_sizes)
+        out.update(summarize_correlation(self.sensorium, "sensorium", session_sizes=self.session_sizes))
         elements = self.count.sum()
         if elements == 0:
             return out
@@ -371,7 +372,7 @@ class MetricSuite:
                  trial_videos: Sequence[Mapping[int, tuple[int, int]]] | None = None,
                  sensorium_skip: int = SENSORIUM_SKIP):
         rows = layout.num_neuron_rows
-        self.responses = ResponseMetrics(rows, sensorium_skip, (*layout.row_offsets, rows))
+        self.responses = ResponseMetrics(rows, sensorium_skip, session_sizes=layout.n_neurons)
         self.behavior = BehaviorMetrics(layout.num_sessions, session_weights=layout.n_neurons)
         self.forecast = ForecastMetrics(rows) if forecast else None
         self.repeats = RepeatMetrics(layout, trial_videos, skip=sensorium_skip) if trial_videos is not None else None
