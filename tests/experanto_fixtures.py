@@ -21,6 +21,13 @@ CLIPS = (("video", 40, "train", "a", 0.2), ("blank", 1, None, None, 0.3), ("vide
 EYE_NAMES = ["pupil_y", "pupil_dilation", "extra", "pupil_x"]
 TREADMILL_GAP_CLIP = 2          # the treadmill has no samples between frames 10 and 22 of this clip
 TREADMILL_GAP_FRAMES = (10, 22)
+# Image-session-like: 1-s clips and still images between blanks (each shown 0.5 s), one final-test clip, every device
+# covering every frame.
+SHORT_CLIPS = (("blank", 1, None, None, 0.5), ("video", 30, "train", "p", None), ("blank", 1, None, None, 0.5),
+               ("video", 30, "train", "q", None), ("image", 1, "train", "r", 1.0),
+               ("video", 30, "final_test_main", "s", None), ("blank", 1, None, None, 0.3),
+               ("video", 30, "train", "t", 0.2), ("video", 30, "train", "u", None))
+BLANK_LEVEL = 96  # the blanks' interleave_value
 
 
 def write_sequence(folder: Path, timestamps, data, *, phase_shifts=None, memmap: bool = True,
@@ -54,16 +61,18 @@ def _irregular(rng, start, stop, rate, jitter):
     return t[t <= stop]
 
 
-def make_session(parent, name: str = NAME, *, n_neurons: int = 6, seed: int = 0) -> tuple[Path, dict]:
-    """Writes the default session under `parent`; returns its folder and the truth: frame times, per-clip frame
-    ranges and frames, and each device's timestamps, data and phase shifts."""
+def make_session(parent, name: str = NAME, *, n_neurons: int = 6, seed: int = 0, clips_spec=CLIPS,
+                 treadmill_gap: bool = True) -> tuple[Path, dict]:
+    """Writes the default session (or the clips of `clips_spec`, as CLIPS lays them out) under `parent`; returns its
+    folder and the truth: frame times, per-clip frame ranges and frames, and each device's timestamps, data and phase
+    shifts. `treadmill_gap`: the treadmill misses frames TREADMILL_GAP_FRAMES of clip TREADMILL_GAP_CLIP."""
     rng = np.random.default_rng(seed)
     folder = Path(parent) / name
     screen = folder / "screen"
     (screen / "data").mkdir(parents=True)
     (screen / "meta").mkdir()
     intervals, clips, first = [], [], 0
-    for k, (modality, n, tier, stimulus, hold) in enumerate(CLIPS):
+    for k, (modality, n, tier, stimulus, hold) in enumerate(clips_spec):
         gaps = (1 + rng.uniform(-0.1, 0.1, n)) / 30
         if hold is not None:
             gaps[-1] = hold
@@ -75,7 +84,7 @@ def make_session(parent, name: str = NAME, *, n_neurons: int = 6, seed: int = 0)
             meta["tier"] = tier
             meta["condition_hash"] = stimulus
         else:
-            meta["interleave_value"] = 128
+            meta["interleave_value"] = BLANK_LEVEL
         (screen / "meta" / f"{k:05d}.yml").write_text(yaml.safe_dump(meta))
         frames = None
         if modality != "blank":
@@ -102,9 +111,10 @@ def make_session(parent, name: str = NAME, *, n_neurons: int = 6, seed: int = 0)
     write_sequence(folder / "eye_tracker", eye_t, eye, memmap=False, signal_names=EYE_NAMES)
 
     tread_t = _irregular(rng, lo, hi, 20.0, 0.02)
-    gap_clip = clips[TREADMILL_GAP_CLIP]
-    g0, g1 = frame_times[gap_clip["first"] + np.array(TREADMILL_GAP_FRAMES)]
-    tread_t = tread_t[(tread_t < g0) | (tread_t > g1)]
+    if treadmill_gap:
+        gap_clip = clips[TREADMILL_GAP_CLIP]
+        g0, g1 = frame_times[gap_clip["first"] + np.array(TREADMILL_GAP_FRAMES)]
+        tread_t = tread_t[(tread_t < g0) | (tread_t > g1)]
     treadmill = rng.normal(5, 2, (len(tread_t), 1)).astype(np.float32)
     write_sequence(folder / "treadmill", tread_t, treadmill)
 

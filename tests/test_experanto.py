@@ -1,15 +1,20 @@
 """OmniMouse (experanto) import: resampled values against numpy references, gap splitting, clips, bad input."""
+import json
 import shutil
 
 import numpy as np
 import pytest
 
 from omnimouse_jax import cli
-from omnimouse_jax.data import open_store
+from omnimouse_jax.data import open_store, pipeline
+from omnimouse_jax.data.layout import SessionLayout
+from omnimouse_jax.data import experanto
 from omnimouse_jax.data.experanto import GAP_PERIODS, _Sequence
 from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
 from omnimouse_jax.data.validate import check_store
-from experanto_fixtures import EYE_NAMES, NAME, TREADMILL_GAP_CLIP, make_session, write_sequence
+from omnimouse_jax.errors import UserError
+from experanto_fixtures import (BLANK_LEVEL, EYE_NAMES, FRAME, NAME, SHORT_CLIPS, TREADMILL_GAP_CLIP, make_session,
+                                write_sequence)
 
 UNSPLIT = (0, 3, 5, 6)   # clips stored as one trial each (1 and 4 are blanks; 2 is split by the treadmill gap)
 SECOND_PIECE = 7         # source index of clip 2's second piece: the first index above every clip number
@@ -75,7 +80,7 @@ def _check_trial(trial, ref, exact):
 
 def test_nearest_import_is_exact_and_splits_at_the_gap(tmp_path, capsys):
     folder, truth = make_session(tmp_path / "src")
-    assert _import(folder, "--out", tmp_path / "store") == 0
+    assert _import(folder, "--out", tmp_path / "store", "--per-clip") == 0
     line = capsys.readouterr().out
     assert "6 trials (final_test_main 1, oracle 1, train 3, validation 1)" in line
     assert "clips dropped: 2 blank" in line and "1 clips split" in line and "MB/s" in line
@@ -115,13 +120,13 @@ def test_nearest_import_is_exact_and_splits_at_the_gap(tmp_path, capsys):
     train = np.concatenate([session.trial(i)["responses"] for i in (0, 2, SECOND_PIECE)])
     np.testing.assert_allclose(session.stats["responses"]["mean"], train.mean(0), rtol=1e-6)
 
-    assert _import(folder, "--out", tmp_path / "store") == 0
+    assert _import(folder, "--out", tmp_path / "store", "--per-clip") == 0
     assert "skipped" in capsys.readouterr().out
 
 
 def test_linear_import_matches_numpy_interp_and_a_closed_form(tmp_path):
     folder, truth = make_session(tmp_path / "src", seed=3)
-    assert _import(tmp_path / "src", "--out", tmp_path / "store", "--interpolation", "linear") == 0
+    assert _import(tmp_path / "src", "--out", tmp_path / "store", "--interpolation", "linear", "--per-clip") == 0
     session = open_store(tmp_path / "store").session(NAME)
     assert session.manifest["provenance"]["interpolation"] == "linear"
     for k in UNSPLIT:
@@ -207,3 +212,98 @@ def test_session_with_no_covered_sample_leaves_no_trace(tmp_path, capsys):
     assert "no clip has a sample covered by every device" in capsys.readouterr().err
     assert open_store(tmp_path / "store").sessions == []
     assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == []
+
+
+def _run_reference(truth, clips):
+    """Hand-built grid of a continuous run: every frame of `clips` (indices into the session's clips, back to back)
+    held until the next frame, each 1/30 s, the run's last video frame one period; the frame or blank level shown."""
+    times, frames = truth["frame_times"], []
+    grid = []
+    for k in clips:
+        clip = truth["clips"][k]
+        for j in range(clip["n"]):
+            i = clip["first"] + j
+            last = k == clips[-1] and j == clip["n"] - 1
+            duration = 1 / 30 if last and clip["modality"] == "video" else times[i + 1] - times[i]
+            n = max(1, round(duration * 30))
+            grid.append(times[i] + np.arange(n) / 30)
+            shown = np.full(FRAME, BLANK_LEVEL, np.uint8) if clip["frames"] is None else clip["frames"][j]
+            frames.extend([shown] * n)
+    return np.concatenate(grid), np.stack(frames)
+
+
+def test_continuous_runs_put_every_train_sample_of_short_clips_in_a_window(tmp_path, capsys):
+    folder, truth = make_session(tmp_path / "src", clips_spec=SHORT_CLIPS, treadmill_gap=False)
+    runs = {0: [0, 1, 2, 3, 4], 6: [6, 7, 8]}  # blanks and train clips back to back; clip 5 (final test) ends run 0
+    references = {first: _run_reference(truth, clips) for first, clips in runs.items()}
+    n_train = sum(len(t) for t, _ in references.values())
+    assert _import(folder, "--out", tmp_path / "store") == 0
+    line = capsys.readouterr().out
+    assert "3 trials (final_test_main 1, train 2)" in line
+    assert f"train samples in 60-sample windows: {n_train} of {n_train} (0 with --per-clip)" in line
+    store = open_store(tmp_path / "store")
+    session = store.session(NAME)
+    assert session.trials["source_index"].tolist() == [0, 5, 6]
+    for first, (t, frames) in references.items():
+        trial = session.trial(first)
+        assert trial["tier"] == "train" and len(trial["responses"]) == len(t) >= 60
+        _check_trial(trial, _reference(truth, t, _nearest), exact=True)
+        np.testing.assert_array_equal(trial["video"], frames)
+    test_trial = session.trial(5)
+    assert test_trial["tier"] == "final_test_main"
+    _check_trial(test_trial, _reference(truth, _grid(truth, 5), _nearest), exact=True)
+    assert session.manifest["provenance"]["runs"] == {str(k): v for k, v in runs.items()}
+    assert cli.main(["data", "info", str(tmp_path / "store"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["sessions"]
+    assert (row["window_tokens"], row["window_tokens_continuous"], row["window_tokens_per_clip"]) == (
+        6 * n_train, 6 * n_train, 0)
+
+    # Every train sample lies in some training window of the pipeline.
+    layout = SessionLayout.from_store(store)
+    windows = pipeline.TrainWindows(store, layout, block=60, max_neurons=8, global_batch=8, seed=0).windows[0]
+    covered = np.zeros(session.manifest["n_samples"], bool)
+    for k in range(windows.total):
+        start, _ = windows.start(np.array(k))
+        covered[int(start):int(start) + 60] = True
+    train = session.trials["tier"] == "train"
+    in_train = np.zeros_like(covered)
+    for a, b in zip(session.trials["start"][train], session.trials["stop"][train]):
+        in_train[a:b] = True
+    np.testing.assert_array_equal(covered, in_train)
+    assert in_train.sum() == n_train
+
+    # One trial per clip: no 1-s clip holds a 2-s window, so there is nothing to train on.
+    assert _import(folder, "--out", tmp_path / "per_clip", "--per-clip") == 0
+    assert "train samples in 60-sample windows: 0 of" in capsys.readouterr().out
+    per_clip = open_store(tmp_path / "per_clip")
+    assert cli.main(["data", "info", str(tmp_path / "per_clip")]) == 0
+    assert f"{6 * 30 * 6:,} neural tokens, 0 in 2-s training windows (imported: 0 per clip)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="no train trial with responses of at least config.data.block_samples=60"):
+        pipeline.TrainWindows(per_clip, SessionLayout.from_store(per_clip), block=60, max_neurons=8, global_batch=8,
+                              seed=0)
+
+
+def test_a_long_run_is_cut_into_equal_trials_and_loses_only_uncovered_samples(tmp_path, monkeypatch):
+    monkeypatch.setattr(experanto, "MAX_RUN_SECONDS", 1.0)  # trials of at most 30 samples
+    folder, truth = make_session(tmp_path / "src")
+    t, frames = _run_reference(truth, [0, 1, 2])  # two train videos around a blank; the treadmill gap in clip 2
+    tread_t = truth["treadmill"][0]
+    wide = np.flatnonzero(np.diff(tread_t) > GAP_PERIODS * np.median(np.diff(tread_t)))
+    keep = (t < tread_t[wide[0]]) | (t > tread_t[wide[0] + 1])
+    assert _import(folder, "--out", tmp_path / "store") == 0
+    session = open_store(tmp_path / "store").session(NAME)
+    prov = session.manifest["provenance"]
+    bounds = np.linspace(0, len(t), -(-len(t) // 30) + 1).round().astype(int)
+    assert len(bounds) > 3 and prov["long_run_cuts"]["0"] == bounds[1:-1].tolist() and prov["runs"]["0"] == [0, 1, 2]
+    index = session.trials["source_index"]
+    rows = np.flatnonzero((session.trials["tier"] == "train") & (session.trials["start"] < session.trials["start"][
+        index.tolist().index(3)]))  # the run's trials, written before clip 3's
+    trials = [session.trial(int(index[r])) for r in rows]
+    # Trials end at the cuts and at the gap, never elsewhere; together they are the run's covered samples.
+    assert sum(len(x["responses"]) for x in trials) == keep.sum()
+    runs_of_kept = [np.count_nonzero(np.diff(np.concatenate([[0], keep[a:b], [0]]).astype(int)) == 1)
+                    for a, b in zip(bounds, bounds[1:])]
+    assert len(trials) == sum(runs_of_kept) and max(len(x["responses"]) for x in trials) <= 30
+    joined = {f: np.concatenate([x[f] for x in trials]) for f in ("responses", "video")}
+    np.testing.assert_array_equal(joined["responses"], _reference(truth, t[keep], _nearest)["responses"])
+    np.testing.assert_array_equal(joined["video"], frames[keep])

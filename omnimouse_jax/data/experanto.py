@@ -10,9 +10,18 @@ A source session folder holds one folder per device::
 
 The 30 Hz grid is anchored at the screen: every presented frame is one sample at its own timestamp, so a 30 Hz screen
 (with its jitter) defines the grid exactly. A frame shown for longer (a still image, a dropped frame) is held for
-round(duration * 30) samples spaced 1/30 s apart; the last frame of a video clip lasts one frame period. Each video or
-image clip becomes a trial with the clip's tier; blank and invalid clips, clips without a tier and clips marked
-`valid_trial: false` are not stored.
+round(duration * 30) samples spaced 1/30 s apart; the last frame of a video clip lasts one frame period.
+
+Trials (continuous, the default): the paper's loader (`include_blanks: true` for training) lets a training chunk
+start at any frame of a train clip or a blank and span the boundaries between them. So each run of back-to-back train
+clips and blanks (shown as their `interleave_value`, gray 128 if absent), a run of blanks alone included, is stored as
+one train trial, every frame held until the next so the run has no holes. Every other video or image clip with a tier
+becomes one trial of its tier. A trial longer than MAX_RUN_SECONDS is cut into equal trials (each cut loses the 59
+windows across it, 0.7% of a 300-s run's). With `per_clip` (the `--per-clip` switch, the behaviour before
+2026-12-07) every video or image clip is a trial of its own and blanks are not stored, so a clip shorter than a
+training window (image sessions, 1-s clips) never trains. Invalid clips, clips without a tier and clips marked
+`valid_trial: false` are never stored and end a run. The provenance records how many train samples lie in some
+WINDOW_SAMPLES-sample window (the paper's 2-s block) either way.
 
 Every device is resampled onto the grid on its own time axis: signal n's sample k was taken at
 timestamps[k] + phase_shifts[n], so signal n at grid time t is read at t - phase_shifts[n]. `nearest` takes the sample
@@ -46,7 +55,7 @@ import yaml
 
 from omnimouse_jax.data.importing import (Pieces, check_sample_times, covered_runs, should_import,
                                          with_pupil_derivative)
-from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS
+from omnimouse_jax.data.schema import BEHAVIOR_CHANNELS, WINDOW_SAMPLES
 from omnimouse_jax.data.sensorium import SAMPLING_RATE
 from omnimouse_jax.data.store import SessionWriter
 from omnimouse_jax.errors import UserError
@@ -57,6 +66,8 @@ GAP_PERIODS = 1.5  # consecutive device samples further apart than this many per
 EYE_TRACKER_COLUMNS = ("pupil_dilation", "pupil_x", "pupil_y")
 STIMULUS_ID_KEYS = ("condition_hash", "stimulus_id", "clip_id")
 STORED_MODALITIES = ("video", "image")
+BLANK_GRAY = 128        # a blank's screen value when its meta has no interleave_value
+MAX_RUN_SECONDS = 300.0  # trials are at most this long (bounds the import's RAM on long runs)
 # Tier spellings seen in exports -> the store's tier names (Sensorium's, which the pipeline's splits use).
 TIER_ALIASES = {"val": "validation", "valid": "validation", "oracle_test": "oracle"}
 _QUERY_ELEMENTS = 1 << 21  # grid samples x signals resampled at once (~16 MB per float64 temporary)
@@ -238,6 +249,7 @@ class _Clip:
     valid: bool
     stimulus_id: str | None
     image_size: tuple[int, int] | None
+    fill: int = BLANK_GRAY  # a blank's screen value (interleave_value)
 
     @property
     def data_path(self) -> Path:
@@ -260,8 +272,11 @@ def _read_clip(path: Path, n_frames_total: int) -> _Clip:
     if size is not None and (not isinstance(size, list) or len(size) != 2):
         raise UserError(f"{path}: image_size {size!r}; expected [height, width]")
     stimulus = next((str(meta[k]) for k in STIMULUS_ID_KEYS if meta.get(k) is not None), None)
+    fill = meta.get("interleave_value", BLANK_GRAY)
+    if modality == "blank" and (not isinstance(fill, (int, float)) or not 0 <= fill <= 255):
+        raise UserError(f"{path}: interleave_value {fill!r}; expected a gray level in 0..255")
     return _Clip(int(path.stem), path, modality, first, n_frames, tier or None, meta.get("valid_trial", True) is not False,
-                 stimulus, tuple(int(s) for s in size) if size is not None else None)
+                 stimulus, tuple(int(s) for s in size) if size is not None else None, int(round(fill)))
 
 
 class _Source:
@@ -330,11 +345,35 @@ class _Source:
             raise UserError(f"{self.folder / 'screen' / 'meta'}: no video or image clip with a tier; nothing to import")
         return shape
 
-    def clip_grid(self, clip: _Clip) -> tuple[np.ndarray, np.ndarray]:
-        """Grid times (S,) of a clip and the clip frame shown at each: frame timestamps, long frames held at 1/30 s."""
+    def in_run(self, clip: _Clip) -> bool:
+        """Whether a clip belongs to a continuous training run: a valid train clip or a blank."""
+        return clip.valid and (clip.modality == "blank" or (self.stored(clip) and clip.tier == "train"))
+
+    def units(self, continuous: bool) -> list[list[_Clip]]:
+        """The stored clips in presentation order, grouped by the trials they make: with `continuous`, each maximal
+        run of back-to-back (no frame between them) train clips and blanks is one unit; every other stored clip is
+        a unit of its own."""
+        units, run = [], []
+        for clip in self.clips:
+            if continuous and self.in_run(clip):
+                if run and clip.first != run[-1].first + run[-1].n_frames:
+                    units.append(run)
+                    run = []
+                run.append(clip)
+                continue
+            if run:
+                units.append(run)
+                run = []
+            if self.stored(clip):
+                units.append([clip])
+        return units + ([run] if run else [])
+
+    def clip_grid(self, clip: _Clip, hold: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Grid times (S,) of a clip and the clip frame shown at each: frame timestamps, long frames held at 1/30 s.
+        `hold`: the last frame too stays until the next frame (inside a continuous run)."""
         start = self.frame_times[clip.first:clip.first + clip.n_frames]
         nxt = clip.first + clip.n_frames
-        if clip.modality == "video" or nxt >= len(self.frame_times):
+        if (clip.modality == "video" and not hold) or nxt >= len(self.frame_times):
             end = start[-1] + self.frame_period
         else:  # a still image stays on screen until the next frame
             end = self.frame_times[nxt]
@@ -372,19 +411,57 @@ def _video_id(stimulus_id: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def import_session(source: _Source, out, interpolation: str = "nearest", replace: bool = False, log=print) -> bool:
-    """Imports one checked source session into store `out`; False if already there and `replace` is off."""
+def _unit_grid(source: _Source, unit: list[_Clip]):
+    """A unit's grid times (S,), for each sample the index of its clip in `unit` and that clip's frame, and for each
+    clip its first sample and the length of its grid as a trial of its own."""
+    times, clip_of, frame_of, firsts, own = [], [], [], [], []
+    for i, clip in enumerate(unit):
+        t_S, frame_S = source.clip_grid(clip, hold=i < len(unit) - 1)
+        firsts.append(sum(map(len, times)))
+        own.append(len(t_S) if i == len(unit) - 1 else len(source.clip_grid(clip)[0]))
+        times.append(t_S)
+        frame_of.append(frame_S)
+        clip_of.append(np.full(len(t_S), i))
+    return np.concatenate(times), np.concatenate(clip_of), np.concatenate(frame_of), firsts, own
+
+
+def _unit_frames(source: _Source, unit: list[_Clip], clip_S: np.ndarray, frame_S: np.ndarray) -> np.ndarray:
+    """(S, H, W) screen frames of samples (clip_S, frame_S) of `unit`; a blank shows its gray level."""
+    shown = {i: np.load(unit[i].data_path, mmap_mode="r", allow_pickle=False).reshape(
+        unit[i].n_frames, *source.frame_shape) for i in np.unique(clip_S).tolist() if unit[i].modality != "blank"}
+    video = np.empty((len(clip_S), *source.frame_shape), np.result_type(np.uint8, *(f.dtype for f in shown.values())))
+    for i in np.unique(clip_S).tolist():
+        at = clip_S == i
+        video[at] = shown[i][frame_S[at]] if i in shown else unit[i].fill
+    return video
+
+
+def _window_samples(ok_S: np.ndarray) -> int:
+    """Samples in covered runs long enough for a WINDOW_SAMPLES window."""
+    return sum(b - a for a, b in covered_runs(ok_S) if b - a >= WINDOW_SAMPLES)
+
+
+def import_session(source: _Source, out, interpolation: str = "nearest", replace: bool = False,
+                   per_clip: bool = False, log=print) -> bool:
+    """Imports one checked source session into store `out`; False if already there and `replace` is off. Continuous
+    runs of train clips and blanks unless `per_clip` (module docstring)."""
     if not should_import(out, source.name, interpolation, replace, log):
         return False
     t0 = time.perf_counter()
     resp, eye, tread = (source.devices[d] for d in SEQUENCE_DEVICES)
     all_neurons = np.arange(resp.data.shape[1])
-
-    dropped = Counter()           # clips not stored, by reason
-    uncovered = Counter()         # grid samples a device does not cover (in stored clips)
-    splits = {}
+    units = source.units(continuous=not per_clip)
+    in_units = {clip.key for unit in units for clip in unit}
+    dropped = Counter(clip.modality if clip.modality not in STORED_MODALITIES
+                      else "not valid_trial" if not clip.valid else "no tier"
+                      for clip in source.clips if clip.key not in in_units)
+    uncovered = Counter()         # grid samples a device does not cover (in stored units)
+    splits, runs_of_clips, cuts = {}, {}, {}
+    usable = {"train_samples": 0, "per_clip": 0, "continuous": 0}  # train samples, and those in some window
+    max_samples = int(MAX_RUN_SECONDS * SAMPLING_RATE)
     provenance = {
         "source": str(source.folder), "format": "experanto", "interpolation": interpolation,
+        "trials": "one per clip" if per_clip else "continuous runs of train clips and blanks; one per other clip",
         "grid": "screen frame timestamps; frames shown longer held every 1/30 s",
         "gap_periods": GAP_PERIODS, "eye_tracker_columns": source.eye_columns.tolist(),
         "running_speed_column": int(source.speed_column[0]),
@@ -396,54 +473,71 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                        sampling_rate=SAMPLING_RATE, unit_ids=source.unit_ids, coordinates=source.coordinates,
                        provenance=provenance, replace=replace) as writer:
         pieces = Pieces(writer, next_index=max(c.key for c in source.clips) + 1, origin="clip")
-        for clip in source.clips:
-            if not source.stored(clip):
-                reason = (clip.modality if clip.modality not in STORED_MODALITIES
-                          else "not valid_trial" if not clip.valid else "no tier")
-                dropped[reason] += 1
-                continue
-            t_S, frame_S = source.clip_grid(clip)
-            responses, ok_resp = resp.resample(t_S, all_neurons, interpolation)
-            eye_SxC, ok_eye = eye.resample(t_S, source.eye_columns, interpolation)
-            speed_Sx1, ok_tread = tread.resample(t_S, source.speed_column, interpolation)
-            ok_resp &= ~np.isnan(responses).any(axis=1)
-            for name, ok in (("responses", ok_resp), ("eye_tracker", ok_eye), ("treadmill", ok_tread)):
-                uncovered[name] += int((~ok).sum())
-            runs = covered_runs(ok_resp & ok_eye & ok_tread)
-            if len(runs) != 1 or runs[0] != (0, len(t_S)):
-                splits[str(clip.key)] = {"samples": len(t_S), "kept": [list(r) for r in runs]}
-            if not runs:
-                continue
-            frames = np.load(clip.data_path, mmap_mode="r", allow_pickle=False)
-            frames = frames.reshape(clip.n_frames, *source.frame_shape)
-            for piece, (a, b) in enumerate(runs):
-                behavior = np.empty((b - a, len(BEHAVIOR_CHANNELS)), np.float32)
-                behavior[:, 0] = eye_SxC[a:b, 0]
-                behavior[:, 1] = speed_Sx1[a:b, 0]
-                behavior[:, 2:4] = eye_SxC[a:b, 1:3]
-                behavior = with_pupil_derivative(behavior)
-                pieces.add(clip.key, piece, a, clip.tier, responses=responses[a:b],
-                           video=np.asarray(frames[frame_S[a:b]]), behavior=behavior,
-                           pupil_center=behavior[:, 2:4],
-                           video_id=None if clip.stimulus_id is None else _video_id(clip.stimulus_id))
+        for unit in units:
+            key, is_run = unit[0].key, source.in_run(unit[0])
+            tier = "train" if is_run else unit[0].tier
+            t_S, clip_S, frame_S, firsts, own = _unit_grid(source, unit)
+            if len(unit) > 1:
+                runs_of_clips[str(key)] = [clip.key for clip in unit]
+            bounds = np.linspace(0, len(t_S), -(-len(t_S) // max_samples) + 1).round().astype(int).tolist()
+            if len(bounds) > 2:
+                cuts[str(key)] = bounds[1:-1]
+            ok_S, piece = np.zeros(len(t_S), bool), 0
+            for lo, hi in zip(bounds, bounds[1:]):
+                responses, ok_resp = resp.resample(t_S[lo:hi], all_neurons, interpolation)
+                eye_SxC, ok_eye = eye.resample(t_S[lo:hi], source.eye_columns, interpolation)
+                speed_Sx1, ok_tread = tread.resample(t_S[lo:hi], source.speed_column, interpolation)
+                ok_resp &= ~np.isnan(responses).any(axis=1)
+                for name, ok in (("responses", ok_resp), ("eye_tracker", ok_eye), ("treadmill", ok_tread)):
+                    uncovered[name] += int((~ok).sum())
+                ok_S[lo:hi] = ok_resp & ok_eye & ok_tread
+                for a, b in covered_runs(ok_S[lo:hi]):
+                    behavior = np.empty((b - a, len(BEHAVIOR_CHANNELS)), np.float32)
+                    behavior[:, 0] = eye_SxC[a:b, 0]
+                    behavior[:, 1] = speed_Sx1[a:b, 0]
+                    behavior[:, 2:4] = eye_SxC[a:b, 1:3]
+                    behavior = with_pupil_derivative(behavior)
+                    stimulus = unit[0].stimulus_id if len(unit) == 1 else None
+                    pieces.add(key, piece, lo + a, tier, responses=responses[a:b],
+                               video=_unit_frames(source, unit, clip_S[lo + a:lo + b], frame_S[lo + a:lo + b]),
+                               behavior=behavior, pupil_center=behavior[:, 2:4],
+                               video_id=None if stimulus is None else _video_id(stimulus))
+                    piece += 1
+                    if tier == "train":
+                        usable["train_samples"] += b - a
+                        usable["continuous"] += (b - a) * (b - a >= WINDOW_SAMPLES)
+            kept = covered_runs(ok_S)
+            if kept != [(0, len(t_S))]:
+                splits[str(key)] = {"samples": len(t_S), "kept": [list(r) for r in kept]}
+            if tier == "train":
+                usable["per_clip"] += sum(_window_samples(ok_S[first:first + n]) for clip, first, n
+                                          in zip(unit, firsts, own) if source.stored(clip))
         tiers = pieces.tiers
         if not tiers:
             raise UserError(f"{source.folder}: no clip has a sample covered by every device; nothing to import")
+        if per_clip:
+            usable["continuous"] = None  # not measured: blanks are not read in this mode
         writer.provenance.update({"dropped_clips": dict(dropped), "uncovered_samples": dict(uncovered),
-                                  "split_clips": splits, "extra_pieces": pieces.extra})
+                                  "split_clips": splits, "extra_pieces": pieces.extra, "runs": runs_of_clips,
+                                  "long_run_cuts": cuts, "window_samples": WINDOW_SAMPLES,
+                                  "train_samples_in_windows": usable})
     seconds = time.perf_counter() - t0
     n_bytes = source.source_bytes
     counts = ", ".join(f"{k} {v}" for k, v in sorted(tiers.items()))
     drops = ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())) or "none"
     gaps = ", ".join(f"{k} {v}" for k, v in sorted(uncovered.items()) if v) or "none"
+    windows = (f"train samples in {WINDOW_SAMPLES}-sample windows: {usable['per_clip']} of {usable['train_samples']}"
+               if per_clip else f"train samples in {WINDOW_SAMPLES}-sample windows: {usable['continuous']} of "
+               f"{usable['train_samples']} ({usable['per_clip']} with --per-clip)")
     log(f"{source.name}: {sum(tiers.values())} trials ({counts}), {len(all_neurons)} neurons, "
         f"{interpolation} resampling; clips dropped: {drops}; {len(splits)} clips split or trimmed "
-        f"(uncovered samples: {gaps}); {n_bytes / 1e6:.1f} MB in {seconds:.1f} s "
+        f"(uncovered samples: {gaps}); {windows}; {n_bytes / 1e6:.1f} MB in {seconds:.1f} s "
         f"({n_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
     return True
 
 
-def import_experanto(paths, out, interpolation: str = "nearest", replace: bool = False, log=print) -> list[str]:
+def import_experanto(paths, out, interpolation: str = "nearest", replace: bool = False, per_clip: bool = False,
+                     log=print) -> list[str]:
     """Imports every session named by `paths` into the store `out`; returns the names written this run.
 
     All sources are checked before the first is written, so bad input anywhere leaves the store untouched."""
@@ -451,4 +545,5 @@ def import_experanto(paths, out, interpolation: str = "nearest", replace: bool =
     names = Counter(s.name for s in sources)
     if any(n > 1 for n in names.values()):
         raise UserError(f"session names given twice: {sorted(k for k, n in names.items() if n > 1)}")
-    return [s.name for s in sources if import_session(s, out, interpolation=interpolation, replace=replace, log=log)]
+    return [s.name for s in sources
+            if import_session(s, out, interpolation=interpolation, replace=replace, per_clip=per_clip, log=log)]
