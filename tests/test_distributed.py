@@ -22,13 +22,7 @@ from omnimouse_jax.errors import UserError
 from omnimouse_jax.parallel import distributed, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = RUN_CONFIG
 RUN = {**QUIET_RUN, "checkpoint.every_steps": 3}
-
-
-@pytest.fixture(scope="module")
-def store(mice_store):
-    return mice_store
 
 
 def _overrides(**values):
@@ -48,7 +42,7 @@ def _free_port() -> int:
 
 
 def _train_cmd(*args):
-    return [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", CONFIG, *args]
+    return [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", RUN_CONFIG, *args]
 
 
 def _losses(workdir):
@@ -82,12 +76,12 @@ def test_unreachable_coordinator_fails_in_bounded_time_naming_the_process(tmp_pa
     assert time.monotonic() - start < 60
 
 
-def test_processes_with_different_configs_fail_naming_both_and_the_key(store, tmp_path):
+def test_processes_with_different_configs_fail_naming_both_and_the_key(mice_store, tmp_path):
     port, procs = _free_port(), []
     for pid, steps in ((0, 3), (1, 4)):
         args = ["--workdir", str(tmp_path / "w"), "--coordinator", f"localhost:{port}", "--num-processes", "2",
                 "--process-id", str(pid), "--init-timeout", "60",
-                *_overrides(**{"data.root": store, "train.steps": steps})]
+                *_overrides(**{"data.root": mice_store, "train.steps": steps})]
         procs.append(subprocess.Popen(_train_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**_env(), "JAX_PLATFORMS": "cpu"}, cwd=ROOT))
     for pid, proc in enumerate(procs):
@@ -101,7 +95,7 @@ def test_processes_with_different_configs_fail_naming_both_and_the_key(store, tm
 def test_sharded_row_lookup_moves_rows_not_the_table():
     """take_rows under data=2 x fsdp=4 equals jnp.take in value and gradient; the gradient stays split along rows and
     the compiled step never gathers the whole table."""
-    mesh = sharding.make_mesh(load_config(CONFIG, [("mesh.data", "2"), ("mesh.fsdp", "4")]).mesh)
+    mesh = sharding.make_mesh(load_config(RUN_CONFIG, [("mesh.data", "2"), ("mesh.fsdp", "4")]).mesh)
     rng = np.random.default_rng(0)
     table = rng.normal(size=(64, 16)).astype(np.float32)
     index = rng.integers(0, 64, (8, 32)).astype(np.int32)
@@ -135,7 +129,7 @@ def test_table_and_its_optimizer_state_are_split_along_rows():
     from omnimouse_jax.train.optim import make_optimizer
     from omnimouse_jax.train.session import abstract_state, create_model_and_optimizer
 
-    config = load_config(CONFIG, [("mesh.data", "2"), ("mesh.fsdp", "4")])
+    config = load_config(RUN_CONFIG, [("mesh.data", "2"), ("mesh.fsdp", "4")])
     mesh = sharding.make_mesh(config.mesh)
     tx, _ = make_optimizer(config.optim, 10)
     _, abstract = abstract_state(config, tx, mesh)
@@ -166,7 +160,7 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
     results, print_plan = [], trainer.print_plan
     monkeypatch.setattr(trainer, "print_plan", lambda result: (results.append(result), print_plan(result)))
     before = {id(x) for x in jax.live_arrays()}
-    argv = ["train", "--compile-only", "--config", CONFIG,
+    argv = ["train", "--compile-only", "--config", RUN_CONFIG,
             *_overrides(**{"mesh.data": 2, "mesh.fsdp": 4, "data.root": tmp_path / "nowhere"})]
     assert main(argv) == 0
     out, (result,) = capsys.readouterr().out, results
@@ -196,7 +190,7 @@ def test_compile_only_plans_memory_and_flops_without_allocating(tmp_path, capsys
 
 
 # --- the multi-process run ----------------------------------------------------------------------------------------
-def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(store, tmp_path):
+def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(mice_store, tmp_path):
     """2 processes x 4 CPU devices through the launcher: the losses of one process with 8 devices, metrics written
     once, and a checkpoint that a 1-process run resumes to the reference's later losses. The table is split over
     all 8 devices of both processes (fsdp=8)."""
@@ -204,9 +198,10 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(store
 
     mesh = {"mesh.data": 1, "mesh.fsdp": 8}
     reference, multi = tmp_path / "reference", tmp_path / "multi"
-    train(load_config(CONFIG, [(k, str(v)) for k, v in {**RUN, **mesh, "data.root": store,
+    train(load_config(RUN_CONFIG, [(k, str(v)) for k, v in {**RUN, **mesh, "data.root": mice_store,
                                                          "train.steps": 6}.items()]), reference)
-    args = ["--config", CONFIG, "--workdir", str(multi), *_overrides(**RUN, **mesh, **{"data.root": store, "train.steps": 3})]
+    args = ["--config", RUN_CONFIG, "--workdir", str(multi),
+            *_overrides(**RUN, **mesh, **{"data.root": mice_store, "train.steps": 3})]
     proc = subprocess.run(["bash", str(ROOT / "launch" / "local_multiprocess.sh"), "2", "--", *args],
                           capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -219,7 +214,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(store
     data_files = sorted(f for f in os.listdir(multi / "checkpoints" / "3" / "data") if f.startswith("process_"))
     assert data_files == ["process_0-of-2.json", "process_1-of-2.json"]
 
-    train(load_config(CONFIG, [(k, str(v)) for k, v in {**RUN, **mesh, "data.root": store,
+    train(load_config(RUN_CONFIG, [(k, str(v)) for k, v in {**RUN, **mesh, "data.root": mice_store,
                                                          "train.steps": 6}.items()]), multi)
     _, resumed = _losses(multi)
     np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [ref_losses[s] for s in (4, 5, 6)], rtol=1e-5)

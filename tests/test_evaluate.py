@@ -19,11 +19,6 @@ SAVED = ("causal_response_25", "all_response_only", "video_behavior")
 
 
 @pytest.fixture(scope="module")
-def store(mice_store):
-    return mice_store
-
-
-@pytest.fixture(scope="module")
 def workdir(six_step_run):
     return six_step_run
 
@@ -125,14 +120,14 @@ def test_default_output_is_keyed_by_split_so_the_test_results_stay(workdir):
     assert (workdir / "eval_train.md").exists()
 
 
-def test_digital_mice_report_the_planted_parameters_of_the_evaluated_checkpoint(result, workdir, store):
+def test_digital_mice_report_the_planted_parameters_of_the_evaluated_checkpoint(result, workdir, mice_store):
     from omnimouse_jax.evaluate.planted import PARAMETERS, planted_recovery
     from omnimouse_jax.train.restore import load_trained
 
     res, out = result
     trained = load_trained(workdir, step=res["step"])
     expected = planted_recovery(np.asarray(trained.model.identity.neuron_table[...]), trained.layout,
-                                store / "ground_truth")
+                                mice_store / "ground_truth")
     assert set(res["planted_r2"]) == set(trained.layout.names)
     for session, r2 in res["planted_r2"].items():
         assert list(r2) == list(PARAMETERS)
@@ -184,14 +179,14 @@ def _pearson_by_group(groups, x, y):
     return out
 
 
-def test_metrics_recomputed_from_saved_predictions(result, store):
+def test_metrics_recomputed_from_saved_predictions(result, mice_store):
     res, out = result
     saved = np.load(out / "predictions" / "causal_response_25.npz")
     model = res["regimes"]["causal_response_25"]["model"]
     # Windows step by 30: every sample after the first 30 of each test trial is scored exactly once, per neuron.
     keys = np.stack([saved["response_row"], saved["response_trial"], saved["response_position"]], axis=1)
     assert len(np.unique(keys, axis=0)) == len(keys) == model["response/n_elements"]
-    layout = SessionLayout.from_store(open_store(store))
+    layout = SessionLayout.from_store(open_store(mice_store))
     assert len(keys) == sum(layout.n_neurons) * 2 * (TRIAL - 30)
     assert saved["response_position"].min() == 30 and saved["response_position"].max() == TRIAL - 1
     corr = [c for c in _pearson_by_group(saved["response_row"], saved["rate"], saved["response"]).values()
@@ -228,7 +223,7 @@ def _floored_std(session):
     return np.maximum(std, pipeline.RESPONSE_STD_FLOOR * std.mean())
 
 
-def test_sensorium_submission_layout_and_values(result, store):
+def test_sensorium_submission_layout_and_values(result, mice_store):
     import pyarrow.parquet as pq
 
     res, out = result
@@ -236,7 +231,7 @@ def test_sensorium_submission_layout_and_values(result, store):
     assert table.column_names == ["mouse", "trial_indices", "prediction", "neuron_ids"]
     data = table.to_pylist()
     assert res["sensorium_submission"]["trials"] == len(data) == 4  # 2 mice x 2 test trials
-    s = open_store(store)
+    s = open_store(mice_store)
     layout = SessionLayout.from_store(s)
     saved = np.load(out / "predictions" / "video_behavior.npz")
     for row in data:
@@ -306,8 +301,8 @@ def test_select_regimes_paper_set_for_the_tiny_budget():
     assert "population_64_response" not in presets and "video_behavior" in presets
 
 
-def test_eval_windows_carry_true_rates_scaled_like_responses(store):
-    s = open_store(store)
+def test_eval_windows_carry_true_rates_scaled_like_responses(mice_store):
+    s = open_store(mice_store)
     layout = SessionLayout.from_store(s)
     windows = pipeline.EvalWindows(s, layout, block=T, max_neurons=MAX_NEURONS, global_batch=4, seed=0,
                                    tier="test", stride=30, extra_fields=("true_rates",))

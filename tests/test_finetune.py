@@ -15,7 +15,6 @@ from omnimouse_jax.train.finetune import SubLayout, finetune
 from omnimouse_jax.train.restore import load_trained
 from omnimouse_jax.train.trainer import train
 
-QUIET = QUIET_RUN
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def pretrained(tmp_path_factory):
     store = root / "store"
     names = write_digital_mice(store, DigitalMiceConfig(mice=3, neurons=(24, 40, 32), trials=6, oracle_videos=1,
                                                         oracle_repeats=2, test_trials=2, trial_length=90, seed=3))
-    overrides = {"data.root": str(store), "train.steps": 2, "checkpoint.every_steps": 2, **QUIET}
+    overrides = {"data.root": str(store), "train.steps": 2, "checkpoint.every_steps": 2, **QUIET_RUN}
     config = load_config("experiments/configs/omnimouse.py:size=test", [(k, str(v)) for k, v in overrides.items()])
     with config.ignore_type():
         config.data.sessions = tuple(names[:2])

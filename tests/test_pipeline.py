@@ -142,7 +142,7 @@ def test_iterator_state_restores_the_exact_next_batches(store, layout):
 
 def test_final_test_split_covers_every_final_test_tier(tmp_path):
     from omnimouse_jax import cli
-    from sensorium_fixtures import NAME, make_session
+    from sensorium_fixtures import make_session
 
     folder, _ = make_session(tmp_path / "src", tiers=("train", "final_test", "final_test_1", "final_test_2"),
                              nan_responses=())

@@ -33,11 +33,6 @@ def get_sweep(arg=""):
 
 
 @pytest.fixture(scope="module")
-def store(mice_store):
-    return mice_store
-
-
-@pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sweep_config") / "micro.py"
     path.write_text(SWEEP_FILE.format(config=os.path.join(ROOT, "experiments/configs/omnimouse.py:size=test"),
@@ -50,12 +45,12 @@ def _sweep_args(sweep_file, workdir, store, *extra):
 
 
 @pytest.fixture(scope="module")
-def swept(sweep_file, store, tmp_path_factory):
+def swept(sweep_file, mice_store, tmp_path_factory):
     """The micro-sweep run once, two runs at a time; child processes get one CPU device (compiles faster)."""
     workdir = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XLA_FLAGS", without_fake_devices(os.environ.get("XLA_FLAGS", "")))
-        code = cli.main(_sweep_args(sweep_file, workdir, store, "--processes", "2"))
+        code = cli.main(_sweep_args(sweep_file, workdir, mice_store, "--processes", "2"))
     return workdir, code
 
 
@@ -79,7 +74,7 @@ def _unique_tokens(store_root, fraction):
     return total, int(windows.sum()), per_example
 
 
-def test_runs_csv_matches_the_runs_logs(swept, store):
+def test_runs_csv_matches_the_runs_logs(swept, mice_store):
     workdir, code = swept
     assert code == 1  # one run failed
     rows = {r["name"]: r for r in figures.read_runs(workdir / "runs.csv")}
@@ -94,7 +89,7 @@ def test_runs_csv_matches_the_runs_logs(swept, store):
         assert row["val_loss"] == pytest.approx(validation["loss"]) and row["val_step"] == STEPS
         assert row["train_loss"] == pytest.approx(last["loss"])
         assert row["device_hours"] == pytest.approx(last["device_hours"])
-        d, windows, per_example = _unique_tokens(store, row["fraction"])
+        d, windows, per_example = _unique_tokens(mice_store, row["fraction"])
         assert row["D"] == d and row["unique_windows"] == windows == first["unique_windows"]
         tokens_seen = STEPS * BATCH * BLOCK * per_example
         assert row["epochs"] == pytest.approx(tokens_seen / d)
@@ -106,26 +101,26 @@ def test_runs_csv_matches_the_runs_logs(swept, store):
     assert status["broken"]["state"] == "failed" and status["d32-f1"]["state"] == "finished"
 
 
-def test_rerun_skips_finished_runs_and_retries_the_failed_one(swept, sweep_file, store, capsys):
+def test_rerun_skips_finished_runs_and_retries_the_failed_one(swept, sweep_file, mice_store, capsys):
     workdir, _ = swept
     before = {n: (workdir / "runs" / n / "metrics.jsonl").stat().st_mtime_ns for n in ("d16-f1", "d32-f0.5")}
-    assert cli.main(_sweep_args(sweep_file, workdir, store)) == 1
+    assert cli.main(_sweep_args(sweep_file, workdir, mice_store)) == 1
     assert "5 runs, 4 finished, 1 to run" in capsys.readouterr().out
     assert {n: (workdir / "runs" / n / "metrics.jsonl").stat().st_mtime_ns for n in before} == before
     status = json.loads((workdir / "status.json").read_text())["runs"]
     assert status["broken"]["attempts"] == 2 and status["d16-f1"]["attempts"] == 1
 
 
-def test_print_lists_unfinished_runs_as_valid_shell(swept, sweep_file, store, tmp_path, capsys):
+def test_print_lists_unfinished_runs_as_valid_shell(swept, sweep_file, mice_store, tmp_path, capsys):
     workdir, _ = swept
-    assert cli.main(_sweep_args(sweep_file, workdir, store, "--launcher", "print")) == 0
+    assert cli.main(_sweep_args(sweep_file, workdir, mice_store, "--launcher", "print")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "--config.data.fraction=2.0" in lines[0]
-    assert cli.main(_sweep_args(sweep_file, tmp_path / "fresh", store, "--launcher", "print")) == 0
+    assert cli.main(_sweep_args(sweep_file, tmp_path / "fresh", mice_store, "--launcher", "print")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5
     args = shlex.split(lines[0])
-    assert args[:2] == ["omnimouse", "train"] and f"--config.data.root={store}" in args
+    assert args[:2] == ["omnimouse", "train"] and f"--config.data.root={mice_store}" in args
     assert args[args.index("--workdir") + 1] == str(tmp_path / "fresh" / "runs" / "d16-f0.5")
     assert "--config.model.d_model=16" in args and "--config.data.fraction=0.5" in args
     assert subprocess.run(["bash", "-n", "-c", "\n".join(lines)]).returncode == 0
@@ -134,9 +129,9 @@ def test_print_lists_unfinished_runs_as_valid_shell(swept, sweep_file, store, tm
     assert not any(sweep.is_finished(r, False) for r in more.runs)
 
 
-def test_paper_data_sessions_prints_every_size_at_every_nested_share(store, tmp_path, capsys):
+def test_paper_data_sessions_prints_every_size_at_every_nested_share(mice_store, tmp_path, capsys):
     spec = os.path.join(ROOT, "experiments/sweeps/paper_data_sessions.py")
-    assert cli.main(["sweep", "--config", spec, "--workdir", str(tmp_path / "S"), f"--config.data.root={store}",
+    assert cli.main(["sweep", "--config", spec, "--workdir", str(tmp_path / "S"), f"--config.data.root={mice_store}",
                      "--launcher", "print"]) == 0
     lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
     grid = {(args[args.index("--config") + 1].rpartition(":size=")[2],
@@ -150,23 +145,23 @@ def test_paper_data_sessions_prints_every_size_at_every_nested_share(store, tmp_
         assert evaluate[evaluate.index("--split") + 1] == "final_test"
         assert evaluate[evaluate.index("--out") + 1] == os.path.join(workdir, "eval.json")
     assert cli.main(["sweep", "--config", spec + ":split=test,sizes=1M", "--workdir", str(tmp_path / "T"),
-                     f"--config.data.root={store}", "--launcher", "print"]) == 0
+                     f"--config.data.root={mice_store}", "--launcher", "print"]) == 0
     assert "--split" not in capsys.readouterr().out  # the test split is evaluate's default and writes eval.json
     # The shares select nested session sets (2 sessions here: 1, 1, 1 and 2 of them), so D grows with the share.
-    runs = sweep.load_sweep(spec + ":sizes=1M", tmp_path / "S", [("data.root", str(store))]).runs
+    runs = sweep.load_sweep(spec + ":sizes=1M", tmp_path / "S", [("data.root", str(mice_store))]).runs
     tokens = [sweep.data_tokens(run.resolved_config())["D"] for run in runs]
     assert tokens[0] == tokens[1] == tokens[2] < tokens[3]
 
 
-def test_sweep_wide_override_typo_fails_before_running(sweep_file, store, tmp_path):
+def test_sweep_wide_override_typo_fails_before_running(sweep_file, mice_store, tmp_path):
     with pytest.raises(UserError, match="train.step: no such config key; did you mean train.steps"):
         sweep.load_sweep(sweep_file, tmp_path, [("train.step", "3")])
     assert not (tmp_path / "runs").exists()
 
 
-def test_eval_json_fills_the_regime_columns(swept, sweep_file, store):
+def test_eval_json_fills_the_regime_columns(swept, sweep_file, mice_store):
     workdir, _ = swept
-    loaded = sweep.load_sweep(sweep_file, workdir, [("data.root", str(store))])
+    loaded = sweep.load_sweep(sweep_file, workdir, [("data.root", str(mice_store))])
     table = {"Forecast": {"model": 0.21, "persistence": 0.1}, "Gaze": {"model": 0.7}, "Neural prediction": {"model": 0.3}}
     (workdir / "runs" / "d32-f1" / "eval.json").write_text(json.dumps({"regimes": {}, "table": table, "columns": {}}))
     rows = {r["name"]: r for r in sweep.collect(dataclasses.replace(loaded, evaluate=True))}
@@ -177,10 +172,10 @@ def test_eval_json_fills_the_regime_columns(swept, sweep_file, store):
     sweep.collect(loaded)  # runs.csv as the sweep itself left it, for the tests that follow
 
 
-def test_score_vs_data_figure_of_the_micro_sweep(swept, sweep_file, store, tmp_path):
+def test_score_vs_data_figure_of_the_micro_sweep(swept, sweep_file, mice_store, tmp_path):
     """The 2 x 2 sweep with regime scores (eval.json as `evaluate` writes its table) draws every regime against D."""
     workdir, _ = swept
-    loaded = sweep.load_sweep(sweep_file, workdir, [("data.root", str(store))])
+    loaded = sweep.load_sweep(sweep_file, workdir, [("data.root", str(mice_store))])
     names = ("d16-f0.5", "d16-f1", "d32-f0.5", "d32-f1")
     for k, name in enumerate(names):
         table = {"Forecast": {"model": 0.1 + 0.01 * k}, "Neural prediction": {"model": 0.2 + 0.02 * k}}
@@ -214,9 +209,9 @@ def test_figures_of_the_micro_sweep(swept, tmp_path):
         figures.make_figures(workdir, tmp_path, form="chinchilla", bootstrap=0)
 
 
-def test_cluster_scripts(swept, sweep_file, store, tmp_path):
+def test_cluster_scripts(swept, sweep_file, mice_store, tmp_path):
     workdir, _ = swept
-    loaded = sweep.load_sweep(sweep_file, tmp_path / "cluster", [("data.root", str(store))])
+    loaded = sweep.load_sweep(sweep_file, tmp_path / "cluster", [("data.root", str(mice_store))])
     paths = []
     for launcher in ("slurm", "tpu"):
         commands, submit = sweep.write_cluster_scripts(loaded, launcher)

@@ -14,12 +14,6 @@ from omnimouse_jax.train.trainer import train
 
 
 
-@pytest.fixture(scope="module")
-def store(mice_store):
-    return mice_store
-
-
-_config = six_step_config
 
 
 def _losses(workdir):
@@ -28,20 +22,20 @@ def _losses(workdir):
 
 
 def test_a_relative_store_path_is_saved_absolute_and_another_model_is_refused_before_compiling(
-        store, tmp_path, monkeypatch):
-    config = _config(store.name, **{"train.steps": 1, "checkpoint.every_steps": 1})
-    other = _config(store, **{"train.steps": 2, "model.d_neuron_embed": 8, "model.num_layers": 3,
+        mice_store, tmp_path, monkeypatch):
+    config = six_step_config(mice_store.name, **{"train.steps": 1, "checkpoint.every_steps": 1})
+    other = six_step_config(mice_store, **{"train.steps": 2, "model.d_neuron_embed": 8, "model.num_layers": 3,
                               "model.attention": "blockwise"})  # the kernel may change between runs
-    monkeypatch.chdir(store.parent)
+    monkeypatch.chdir(mice_store.parent)
     train(config, tmp_path / "w")
     saved = json.loads((tmp_path / "w" / "config.json").read_text())["data"]["root"]
-    assert saved == str(store.absolute())
+    assert saved == str(mice_store.absolute())
     from omnimouse_jax.train.checkpoint import Checkpointer
 
     checkpointer = Checkpointer(tmp_path / "w" / "checkpoints", use_async=False)
     _, meta = checkpointer.read_meta()
     checkpointer.close()
-    assert meta["config"]["data"]["root"] == str(store.absolute())
+    assert meta["config"]["data"]["root"] == str(mice_store.absolute())
 
     from omnimouse_jax.errors import UserError
     from omnimouse_jax.train import session
@@ -52,10 +46,10 @@ def test_a_relative_store_path_is_saved_absolute_and_another_model_is_refused_be
         train(other, tmp_path / "w")
 
 
-def test_resumed_run_matches_an_uninterrupted_one(store, six_step_run, tmp_path):
+def test_resumed_run_matches_an_uninterrupted_one(mice_store, six_step_run, tmp_path):
     whole, split = six_step_run, tmp_path / "split"
-    train(_config(store, **{"train.steps": 3}), split)  # stops at the step-3 checkpoint
-    train(_config(store), split)  # resumes from it
+    train(six_step_config(mice_store, **{"train.steps": 3}), split)  # stops at the step-3 checkpoint
+    train(six_step_config(mice_store), split)  # resumes from it
     a, b = _losses(whole), _losses(split)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-6)
@@ -77,7 +71,7 @@ def test_resumed_run_matches_an_uninterrupted_one(store, six_step_run, tmp_path)
     assert not np.allclose(first.model.response_head.kernel[...], trained.model.response_head.kernel[...])
 
 
-def test_fresh_run_starts_embeddings_at_each_neurons_behavior_tuning(store, tmp_path):
+def test_fresh_run_starts_embeddings_at_each_neurons_behavior_tuning(mice_store, tmp_path):
     """neuron_embed_init="behavior_tuning" (the test size's): after one step (lr <= 3e-3), each session's rows start
     at the pipeline's behavior tuning scaled to unit RMS per channel over the session's neurons; the rest of each row
     at the random init."""
@@ -86,12 +80,12 @@ def test_fresh_run_starts_embeddings_at_each_neurons_behavior_tuning(store, tmp_
     from omnimouse_jax.data.store import open_store
     from omnimouse_jax.train.restore import load_trained
 
-    config = _config(store, **{"train.steps": 1, "checkpoint.every_steps": 1})
+    config = six_step_config(mice_store, **{"train.steps": 1, "checkpoint.every_steps": 1})
     train(config, tmp_path / "run")
     trained = load_trained(tmp_path / "run")
     table = np.asarray(trained.model.identity.neuron_table[...])
-    layout = SessionLayout.from_store(open_store(store), "all")
-    windows = pipeline.TrainWindows(open_store(store), layout, block=config.model.num_samples,
+    layout = SessionLayout.from_store(open_store(mice_store), "all")
+    windows = pipeline.TrainWindows(open_store(mice_store), layout, block=config.model.num_samples,
                                     max_neurons=config.model.max_neurons, global_batch=config.train.batch_size,
                                     seed=config.seed)
     c = len(pipeline.BEHAVIOR_CHANNELS)
@@ -104,55 +98,56 @@ def test_fresh_run_starts_embeddings_at_each_neurons_behavior_tuning(store, tmp_
         assert abs(random.std() / table.shape[1] ** -0.5 - 1) < 0.2 and abs(random.mean()) < 0.05
 
 
-def test_training_mix_choices(store):
+def test_training_mix_choices(mice_store):
     from omnimouse_jax.errors import UserError
     from omnimouse_jax.train.session import training_mix
 
-    strategies, probs = training_mix(_config(store, **{"masking.mix": "video_behavior,all_response_only"}))
+    strategies, probs = training_mix(six_step_config(mice_store, **{"masking.mix": "video_behavior,all_response_only"}))
     assert len(strategies) == 2 and np.allclose(probs, 0.5)
-    assert len(training_mix(_config(store))[0]) > 20
+    assert len(training_mix(six_step_config(mice_store))[0]) > 20
     with pytest.raises(UserError, match="config.masking.mix='nope'"):
-        training_mix(_config(store, **{"masking.mix": "nope"}))
+        training_mix(six_step_config(mice_store, **{"masking.mix": "nope"}))
 
 
-def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(store, six_step_run, tmp_path):
+def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(mice_store, six_step_run, tmp_path):
     """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh (the
     shared run's: the test config's mesh is data over every device, and its constant learning rate makes the first
     3 steps of a 6-step run those of a 3-step one)."""
     assert json.loads((six_step_run / "config.json").read_text())["mesh"] == {"data": -1, "fsdp": 1, "tensor": 1}
-    train(_config(store, **{"train.steps": 3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}), tmp_path / "sharded")
+    sharded = {"train.steps": 3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+    train(six_step_config(mice_store, **sharded), tmp_path / "sharded")
     a, b = _losses(six_step_run), _losses(tmp_path / "sharded")
     np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], rtol=2e-4)
 
 
-def test_micro_batched_steps_match_one_pass_over_the_batch(store, tmp_path):
+def test_micro_batched_steps_match_one_pass_over_the_batch(mice_store, tmp_path):
     """train.device_microbatch=1 splits each step's 16 examples (2 per device) into 2 passes of 8 (one per device)
     and adds their gradients: the losses, and so the updates they follow from, equal one pass over the batch."""
     overrides = {"train.steps": 3, "train.batch_size": 16, "model.attention": "xla"}
-    train(_config(store, **overrides), tmp_path / "one")
-    train(_config(store, **{**overrides, "train.device_microbatch": 1, "model.attention": "blockwise",
+    train(six_step_config(mice_store, **overrides), tmp_path / "one")
+    train(six_step_config(mice_store, **{**overrides, "train.device_microbatch": 1, "model.attention": "blockwise",
                             "model.remat": "block"}), tmp_path / "two")
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], rtol=1e-5)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
-    config = _config(store, **{"optim.lr": 1e30, "optim.warmup_steps": 0, "checkpoint.every_steps": 1})
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mice_store, tmp_path):
+    config = six_step_config(mice_store, **{"optim.lr": 1e30, "optim.warmup_steps": 0, "checkpoint.every_steps": 1})
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 2.*last good checkpoint is step 1"):
         train(config, tmp_path / "w")
     assert os.listdir(tmp_path / "w" / "checkpoints") == ["1"]
 
 
-def test_bad_mesh_and_batch_are_named(store, tmp_path):
+def test_bad_mesh_and_batch_are_named(mice_store, tmp_path):
     from omnimouse_jax.errors import UserError
 
     with pytest.raises(UserError, match="config.mesh"):
-        train(_config(store, **{"mesh.data": 3}), tmp_path / "a")
+        train(six_step_config(mice_store, **{"mesh.data": 3}), tmp_path / "a")
     with pytest.raises(UserError, match="config.train.batch_size=4"):
-        train(_config(store, **{"train.batch_size": 4, "mesh.data": 8}), tmp_path / "b")
+        train(six_step_config(mice_store, **{"train.batch_size": 4, "mesh.data": 8}), tmp_path / "b")
     with pytest.raises(UserError, match=r"config.train.device_microbatch=3: expected 0 \(no split\) or a divisor "
                                         r"of the 2 examples each device gets of config.train.batch_size=16"):
-        train(_config(store, **{"train.device_microbatch": 3, "train.batch_size": 16}), tmp_path / "c")
+        train(six_step_config(mice_store, **{"train.device_microbatch": 3, "train.batch_size": 16}), tmp_path / "c")
 
 
 def _train_process(store, workdir, **overrides):
@@ -169,9 +164,9 @@ def _train_process(store, workdir, **overrides):
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_sigterm_during_training_saves_a_checkpoint_and_exits_143(store, tmp_path):
+def test_sigterm_during_training_saves_a_checkpoint_and_exits_143(mice_store, tmp_path):
     workdir = tmp_path / "w"
-    proc = _train_process(store, workdir)
+    proc = _train_process(mice_store, workdir)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (workdir / "metrics.jsonl").exists() or len(
             (workdir / "metrics.jsonl").read_text().splitlines()) < 3:
@@ -186,10 +181,10 @@ def test_sigterm_during_training_saves_a_checkpoint_and_exits_143(store, tmp_pat
     assert len(steps) == 1 and steps[0] >= 2 and steps[0] == max(_losses(workdir))
 
 
-def test_sigint_before_the_first_step_stops_at_once_with_exit_130(store, tmp_path):
+def test_sigint_before_the_first_step_stops_at_once_with_exit_130(mice_store, tmp_path):
     """Ctrl-C while the command imports, opens the store or compiles: no step is run, nothing is saved."""
     workdir = tmp_path / "w"
-    proc = _train_process(store, workdir)
+    proc = _train_process(mice_store, workdir)
     time.sleep(3)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
