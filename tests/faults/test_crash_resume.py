@@ -14,15 +14,9 @@ from mice_runs import RUN_CONFIG
 from omnimouse_jax.config import load_config
 from omnimouse_jax.train.trainer import train
 
-CONFIG = RUN_CONFIG
 # The uninterrupted reference is the session's shared six_step_run (checkpoints every 3 steps); these runs save every
 # 2 and keep the newest 2, which losses do not depend on, so that a resumed run also prunes an old checkpoint.
 STEPS, EVERY, KEEP = 6, 2, 2
-
-
-@pytest.fixture(scope="module")
-def store(mice_store):
-    return mice_store
 
 
 def _overrides(store):
@@ -43,7 +37,7 @@ def reference(six_step_run):
 
 
 def _run_killed(store, workdir, kill_at):
-    cmd = [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
+    cmd = [sys.executable, "-m", "omnimouse_jax.cli", "train", "--config", RUN_CONFIG, "--workdir", str(workdir),
            *[f"--config.{k}={v}" for k, v in _overrides(store).items()]]
     env = {**os.environ, "OMNIMOUSE_KILL_AT": kill_at,
            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
@@ -52,10 +46,10 @@ def _run_killed(store, workdir, kill_at):
 
 
 @pytest.mark.parametrize("kill_at", ["save_start:4", "save_inflight:4", "save_done:4"])
-def test_kill9_around_a_checkpoint_then_resume_matches(store, reference, tmp_path, kill_at):
+def test_kill9_around_a_checkpoint_then_resume_matches(mice_store, reference, tmp_path, kill_at):
     workdir = tmp_path / "w"
-    _run_killed(store, workdir, kill_at)
-    train(load_config(CONFIG, [(k, str(v)) for k, v in _overrides(store).items()]), workdir)
+    _run_killed(mice_store, workdir, kill_at)
+    train(load_config(RUN_CONFIG, [(k, str(v)) for k, v in _overrides(mice_store).items()]), workdir)
     resumed = _losses(workdir)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([resumed[s] for s in resumed], [reference[s] for s in resumed], rtol=1e-6)
@@ -63,7 +57,7 @@ def test_kill9_around_a_checkpoint_then_resume_matches(store, reference, tmp_pat
 
 
 @pytest.mark.parametrize("damaged", ["state", "meta"])
-def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, six_step_run, reference, tmp_path, capsys,
+def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(mice_store, six_step_run, reference, tmp_path, capsys,
                                                                 damaged):
     """A truncated array file or JSON record in the newest checkpoint: reading for evaluation scores the previous
     step and moves nothing (and a request for the damaged step by number is refused); training resumes from the
@@ -83,7 +77,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, six_step_
     with pytest.raises(UserError, match="checkpoint step 6 is unreadable"):
         load_trained(workdir, step=6)
     capsys.readouterr()
-    train(load_config(CONFIG, [(k, str(v)) for k, v in _overrides(store).items()]), workdir)
+    train(load_config(RUN_CONFIG, [(k, str(v)) for k, v in _overrides(mice_store).items()]), workdir)
     err = capsys.readouterr().err
     assert "checkpoints/6 is unreadable" in err and "checkpoints_unreadable/6-" in err
     assert len(err.splitlines()) <= 10, err[-3000:]
@@ -94,7 +88,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(store, six_step_
 
 
 @pytest.mark.parametrize("skip", [0, 3])
-def test_a_non_finite_batch_is_skipped_and_counted_or_stops_the_run(store, tmp_path, monkeypatch, skip):
+def test_a_non_finite_batch_is_skipped_and_counted_or_stops_the_run(mice_store, tmp_path, monkeypatch, skip):
     from omnimouse_jax.data import pipeline
 
     real = pipeline.TrainWindows.__call__
@@ -106,8 +100,8 @@ def test_a_non_finite_batch_is_skipped_and_counted_or_stops_the_run(store, tmp_p
         return batch
 
     monkeypatch.setattr(pipeline.TrainWindows, "__call__", poisoned)
-    overrides = {**_overrides(store), "train.steps": 5, "checkpoint.every_steps": 5, "optim.skip_nonfinite": skip}
-    config = load_config(CONFIG, [(k, str(v)) for k, v in overrides.items()])
+    overrides = {**_overrides(mice_store), "train.steps": 5, "checkpoint.every_steps": 5, "optim.skip_nonfinite": skip}
+    config = load_config(RUN_CONFIG, [(k, str(v)) for k, v in overrides.items()])
     if skip == 0:
         with pytest.raises(FloatingPointError, match="non-finite loss .* at step 3"):
             train(config, tmp_path / "w")
