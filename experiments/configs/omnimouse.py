@@ -136,9 +136,10 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = model
     # sessions: "all", a list of names or "share:F" (a nested share of the sessions, data/layout.py); fraction: the
-    # first share of each session's train trials (nested subsets).
+    # first share of each session's train trials (nested subsets); weighting: "balanced" draws every session equally
+    # often, as the paper's loader cycles them, "proportional" by its number of windows (docs/evaluation.md).
     config.data = ml_collections.ConfigDict(dict(
-        root="data/store", sessions="all", fraction=1.0, weighting="proportional", num_threads=4, prefetch=8))
+        root="data/store", sessions="all", fraction=1.0, weighting="balanced", num_threads=4, prefetch=8))
     config.train = ml_collections.ConfigDict(dict(
         # tiny's 900 steps: under 10 minutes on 2 quiet cores (docs/evaluation.md); still far from converged.
         steps={"test": 200, "tiny": 900}.get(size, 1_000_000), batch_size=8 if cpu else 64,

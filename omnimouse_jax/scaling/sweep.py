@@ -433,7 +433,7 @@ def data_tokens(config) -> dict:
     data, model = config.data, config.model
     sessions = data.get("sessions", "all")
     key = (str(Path(data.root).absolute()), json.dumps(sessions if isinstance(sessions, str) else list(sessions)),
-           float(data.get("fraction", 1.0)), data.get("weighting", "proportional"), int(model.num_samples),
+           float(data.get("fraction", 1.0)), data.get("weighting", "balanced"), int(model.num_samples),
            int(model.max_neurons), int(config.train.batch_size))
     if key not in _DATA_CACHE:
         store = open_store(data.root)

@@ -398,7 +398,7 @@ class TrainingSession:
         self.windows = self._on_layout(pipeline.TrainWindows(
             store, reads, block=config.model.num_samples, max_neurons=config.model.max_neurons,
             global_batch=config.train.batch_size, seed=config.seed, fraction=config.data.get("fraction", 1.0),
-            weighting=config.data.get("weighting", "proportional"), process_index=self.process_index,
+            weighting=config.data.get("weighting", "balanced"), process_index=self.process_index,
             process_count=self.process_count))
         self.data_iter = iter(pipeline.train_dataset(self.windows, num_threads=config.data.get("num_threads", 4),
                                                      prefetch=config.data.get("prefetch", 8)))
