@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{s['name']}: animal {s['animal']}, {s['n_neurons']} neurons, {s['n_trials']} trials ({tiers}), "
               f"{s['n_samples']} samples at {s['sampling_rate']:g} Hz, frames {s['frame_shape'][0]}x"
               f"{s['frame_shape'][1]}, behavior [{', '.join(s['behavior_channels'])}], {s['neural_tokens']:,} neural "
-              f"tokens, {s['window_tokens']:,} in 2-s training windows" + (f" (imported: {layouts})" if layouts else ""))
+              f"tokens, {s['window_tokens']:,} in 2-s training windows"
+              + (f" (imported: {layouts})" if layouts else ""))
     t = summary["total"]
     print(f"total: {t['sessions']} sessions, {t['animals']} animals, {t['neurons']} neurons, "
           f"{t['neural_tokens']:,} neural tokens ({t['window_tokens']:,} in 2-s training windows), "
