@@ -412,17 +412,16 @@ def _video_id(stimulus_id: str) -> int:
 
 
 def _unit_grid(source: _Source, unit: list[_Clip]):
-    """A unit's grid times (S,), for each sample the index of its clip in `unit` and that clip's frame, and for each
-    clip its first sample and the length of its grid as a trial of its own."""
-    times, clip_of, frame_of, firsts, own = [], [], [], [], []
+    """A unit's grid times (S,), for each sample the index of its clip in `unit` and that clip's frame, and each
+    clip's first sample."""
+    times, clip_of, frame_of, firsts = [], [], [], []
     for i, clip in enumerate(unit):
         t_S, frame_S = source.clip_grid(clip, hold=i < len(unit) - 1)
         firsts.append(sum(map(len, times)))
-        own.append(len(t_S) if i == len(unit) - 1 else len(source.clip_grid(clip)[0]))
         times.append(t_S)
         frame_of.append(frame_S)
         clip_of.append(np.full(len(t_S), i))
-    return np.concatenate(times), np.concatenate(clip_of), np.concatenate(frame_of), firsts, own
+    return np.concatenate(times), np.concatenate(clip_of), np.concatenate(frame_of), firsts
 
 
 def _unit_frames(source: _Source, unit: list[_Clip], clip_S: np.ndarray, frame_S: np.ndarray) -> np.ndarray:
@@ -474,9 +473,10 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                        provenance=provenance, replace=replace) as writer:
         pieces = Pieces(writer, next_index=max(c.key for c in source.clips) + 1, origin="clip")
         for unit in units:
-            key, is_run = unit[0].key, source.in_run(unit[0])
-            tier = "train" if is_run else unit[0].tier
-            t_S, clip_S, frame_S, firsts, own = _unit_grid(source, unit)
+            key, tier = unit[0].key, "train" if source.in_run(unit[0]) else unit[0].tier
+            stimulus = unit[0].stimulus_id if len(unit) == 1 else None
+            video_id = None if stimulus is None else _video_id(stimulus)
+            t_S, clip_S, frame_S, firsts = _unit_grid(source, unit)
             if len(unit) > 1:
                 runs_of_clips[str(key)] = [clip.key for clip in unit]
             bounds = np.linspace(0, len(t_S), -(-len(t_S) // max_samples) + 1).round().astype(int).tolist()
@@ -497,21 +497,19 @@ def import_session(source: _Source, out, interpolation: str = "nearest", replace
                     behavior[:, 1] = speed_Sx1[a:b, 0]
                     behavior[:, 2:4] = eye_SxC[a:b, 1:3]
                     behavior = with_pupil_derivative(behavior)
-                    stimulus = unit[0].stimulus_id if len(unit) == 1 else None
                     pieces.add(key, piece, lo + a, tier, responses=responses[a:b],
                                video=_unit_frames(source, unit, clip_S[lo + a:lo + b], frame_S[lo + a:lo + b]),
-                               behavior=behavior, pupil_center=behavior[:, 2:4],
-                               video_id=None if stimulus is None else _video_id(stimulus))
+                               behavior=behavior, pupil_center=behavior[:, 2:4], video_id=video_id)
                     piece += 1
-                    if tier == "train":
-                        usable["train_samples"] += b - a
-                        usable["continuous"] += (b - a) * (b - a >= WINDOW_SAMPLES)
             kept = covered_runs(ok_S)
             if kept != [(0, len(t_S))]:
                 splits[str(key)] = {"samples": len(t_S), "kept": [list(r) for r in kept]}
             if tier == "train":
-                usable["per_clip"] += sum(_window_samples(ok_S[first:first + n]) for clip, first, n
-                                          in zip(unit, firsts, own) if source.stored(clip))
+                usable["train_samples"] += int(ok_S.sum())
+                usable["continuous"] += sum(_window_samples(ok_S[lo:hi]) for lo, hi in zip(bounds, bounds[1:]))
+                # A clip's own grid (as a trial of its own) is the start of its grid in the run.
+                usable["per_clip"] += sum(_window_samples(ok_S[first:first + len(source.clip_grid(clip)[0])])
+                                          for clip, first in zip(unit, firsts) if source.stored(clip))
         tiers = pieces.tiers
         if not tiers:
             raise UserError(f"{source.folder}: no clip has a sample covered by every device; nothing to import")

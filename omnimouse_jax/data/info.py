@@ -1,15 +1,16 @@
 """`omnimouse data info STORE [--json]`: what a session store holds, per session and in total."""
 from __future__ import annotations
 
+from omnimouse_jax.data.pipeline import eligible_trials
 from omnimouse_jax.data.schema import WINDOW_SAMPLES
 from omnimouse_jax.data.store import open_store
 
 
-def window_samples(trials: dict) -> int:
-    """Samples of train trials with responses that lie in some WINDOW_SAMPLES-sample training window."""
-    length = trials["stop"] - trials["start"]
-    usable = (trials["tier"] == "train") & trials["has_responses"] & (length >= WINDOW_SAMPLES)
-    return int(length[usable].sum())
+def window_samples(session) -> int:
+    """Samples of the train trials the trainer can draw a WINDOW_SAMPLES-sample window from (every one of their
+    samples lies in some window)."""
+    rows = eligible_trials(session, ("train",), WINDOW_SAMPLES, 1.0, require_responses=True)
+    return int((session.trials["stop"][rows] - session.trials["start"][rows]).sum())
 
 
 def summarize(path) -> dict:
@@ -26,7 +27,7 @@ def summarize(path) -> dict:
             "n_samples": m["n_samples"], "tiers": m["tiers"], "sampling_rate": m["sampling_rate"],
             "frame_shape": m["frame_shape"], "behavior_channels": m["behavior_channels"],
             "neural_tokens": m["n_neurons"] * m["n_response_samples"],
-            "window_tokens": m["n_neurons"] * window_samples(session.trials),
+            "window_tokens": m["n_neurons"] * window_samples(session),
             **{f"window_tokens_{layout}": m["n_neurons"] * imported[layout] for layout in ("per_clip", "continuous")
                if imported.get(layout) is not None},
             "hours": m["n_response_samples"] / m["sampling_rate"] / 3600,

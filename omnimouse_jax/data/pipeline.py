@@ -62,7 +62,7 @@ class _SessionWindows:
         return self.first_start[j] + (k - before), self.trial_rows[j]
 
 
-def _eligible_trials(session, tiers: Sequence[str], block: int, fraction: float, require_responses: bool) -> np.ndarray:
+def eligible_trials(session, tiers: Sequence[str], block: int, fraction: float, require_responses: bool) -> np.ndarray:
     """Rows of the session's trials in `tiers` that can hold a block; with `fraction`, the first share of them.
 
     Taking a prefix of the trials (in source order) makes smaller fractions nested in larger ones, as a data-size sweep
@@ -239,7 +239,7 @@ class TrainWindows:
         self.process_index = process_index
         self.windows = []
         for session in self.reader.sessions:
-            rows = _eligible_trials(session, tiers, block, fraction, require_responses=True)
+            rows = eligible_trials(session, tiers, block, fraction, require_responses=True)
             t = session.trials
             n_starts = (t["stop"][rows] - t["start"][rows] - block + 1).astype(np.int64)
             self.windows.append(_SessionWindows(rows, t["start"][rows].astype(np.int64), n_starts))
@@ -327,7 +327,7 @@ class EvalWindows:
             order = np.random.default_rng([seed, k]).permutation(n)
             chunks = [order[i:i + max_neurons] for i in range(0, n, max_neurons)]
             t = session.trials
-            for row in _eligible_trials(session, tier_names(tier), block, 1.0, require_responses=True):
+            for row in eligible_trials(session, tier_names(tier), block, 1.0, require_responses=True):
                 for start, mask in _strided_windows(int(t["start"][row]), int(t["stop"][row]), block, stride):
                     self.examples.extend((k, start, int(row), chunk, mask) for chunk in chunks)
         if not self.examples:
