@@ -672,6 +672,55 @@ def test_history_readout_adds_filtered_own_and_population_history_of_earlier_vis
     assert np.abs(logits[target]).mean() > 0.05  # the history reaches the targets
 
 
+def test_residual_history_readout_trains_on_top_of_the_rest_of_the_model():
+    """history_residual=True: the training loss's value is the NLL of the rates with the history readout; every other
+    parameter gets the gradient of the same model without the readout, and the readout the gradient it gets in the
+    joint model (history_residual=False) with the same parameters."""
+    batch = make_batch(CFG, seed=41)
+    masks = make_masks(strategy_arrays(PRESETS["causal_response_25"]), batch["neuron_mask"], T)
+    rng = np.random.default_rng(42)
+
+    def build(readout: bool, residual: bool):
+        cfg = CFG.copy_and_resolve_references()
+        cfg.history_readout, cfg.history_residual = readout, residual
+        return cfg, OmniMouse(cfg, rngs=nnx.Rngs(0))
+
+    cfg_res, residual = build(True, True)
+    residual.history_readout.kernel[...] = jnp.asarray(
+        rng.normal(size=residual.history_readout.kernel.shape).astype(np.float32) * 0.3)
+    cfg_joint, joint = build(True, False)
+    nnx.update(joint, nnx.state(residual))
+    cfg_none, without = build(False, False)
+    shared = nnx.state(residual, nnx.All(nnx.Param, lambda path, _: path[0] != "history_readout"))
+    nnx.update(without, shared)
+
+    def loss_and_grads(cfg, model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            out = nnx.merge(graphdef, params, rest)(batch, masks, deterministic=False)
+            return loss_fn(out, batch, masks, cfg)[0]
+
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        return float(value), nnx.to_flat_state(grads)
+
+    value_res, grads_res = loss_and_grads(cfg_res, residual)
+    value_joint, grads_joint = loss_and_grads(cfg_joint, joint)
+    _, grads_without = loss_and_grads(cfg_none, without)
+    np.testing.assert_allclose(value_res, value_joint, rtol=1e-6)
+    grads_joint, grads_without = dict(grads_joint), dict(grads_without)
+    history = [path for path, _ in grads_res if path[0] == "history_readout"]
+    assert len(history) == 2
+    for path, grad in grads_res:
+        want = grads_joint[path] if path[0] == "history_readout" else grads_without[path]
+        scale = float(np.abs(want[...]).max()) + 1e-12
+        np.testing.assert_allclose(grad[...], want[...], rtol=1e-4, atol=1e-5 * scale, err_msg=str(path))
+    assert all(float(np.abs(grads_joint[path][...]).max()) > 1e-4 for path in history)
+    # The joint model's other parameters do feel the readout: the residual mode is what removes it.
+    assert any(not np.allclose(grads_joint[path][...], grads_without[path][...], rtol=1e-3, atol=1e-6)
+               for path in grads_without)
+
+
 def test_attention_kernels_and_remat_give_the_same_loss_and_gradients():
     """xla, blockwise, and blockwise with each remat policy: one model (the `test` size, whose decoder reads video
     keys with the Gaussian prior, so a bias goes through every kernel), one batch, equal loss and gradients."""

@@ -58,7 +58,8 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # global tokens; the session's and animal's embedding is added to every latent and behavior token.
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
         neuron_rf_init="centre", decoder_video_attention="joint", readout_gain=False, video_skip_readout=False,
-        video_factorized_readout=False, population_readout=False, history_readout=False, factor_readout=0,
+        video_factorized_readout=False, population_readout=False, history_readout=False, history_residual=False,
+        factor_readout=0,
         factor_dynamics=False, factor_behavior=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),

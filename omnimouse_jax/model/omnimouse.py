@@ -36,7 +36,10 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             visible deviations from its offset and of the population's mean deviation, over strictly earlier samples
             at a few timescales, are weighted by a linear function of the neuron's embedding and added to its
             response logits: what forecasting a neuron needs of its own recent activity, which the encoder's
-            pooling into latents blurs. Zero at init; hidden samples contribute nothing.
+            pooling into latents blurs. Zero at init; hidden samples contribute nothing. With
+            history_residual=True it is fit to what the rest of the model leaves: the rest trains on its own rates
+            (without the readout), and the readout on the full rates with the rest held fixed (stop-gradients on
+            its input, the embeddings and the offsets), so it adds to the model's forecast instead of replacing it.
   factor readout (factor_readout=K > 0; not in the paper's code): population completion as the conditional mean of
             a K-factor model. Each neuron's loadings on K population factors are a linear function of its embedding;
             at each sample the factors are the ridge estimate from the visible neurons' deviations from their
@@ -112,7 +115,7 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
                  "history_readout": False, "factor_readout": 0, "factor_dynamics": False,
-                 "factor_behavior": False, "population_decoder_lags": 0}
+                 "factor_behavior": False, "population_decoder_lags": 0, "history_residual": False}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -199,6 +202,9 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"population_decoder_lags={cfg.population_decoder_lags} must be below num_samples={cfg.num_samples}")
     need(not cfg.factor_behavior or cfg.factor_readout > 0,
          "factor_behavior=True decodes the behavior from the factor readout's factors: it needs factor_readout > 0")
+    need(not cfg.history_residual or cfg.history_readout,
+         "history_residual=True fits the history readout to what the rest of the model leaves: it needs "
+         "history_readout=True")
     local, glob = cfg.local_global_ratio
     need(local >= 0 and glob >= 1,
          f"local_global_ratio={tuple(cfg.local_global_ratio)} needs at least one global layer")
@@ -514,11 +520,23 @@ class OmniMouse(nnx.Module):
             factor_logits_BxNxT, factors_BxTxK = self._factor_completion(responses_BxTxN, visible_BxTxN, emb_BxNxE,
                                                                          batch["neuron_index"])
             samples_BxNxT = samples_BxNxT + factor_logits_BxNxT
-        if self.history_readout is not None:
+        beta = cfg.softplus_beta
+        residual = cfg.get("history_residual", False)
+        if self.history_readout is not None and not residual:
             samples_BxNxT = samples_BxNxT + self._history(responses_BxTxN, visible_BxTxN, emb_BxNxE,
                                                           batch["neuron_index"])
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
-        beta = cfg.softplus_beta
+        out = {}
+        if residual:
+            # The rest of the model trains on its own rates, as without the readout; the readout trains on top of
+            # them, held fixed, so it can add to their forecast but not take it over (docs/evaluation.md). Only
+            # training steps need those rates.
+            if not deterministic:
+                out["rates_without_history"] = constrain(
+                    (jax.nn.softplus(beta * samples_BxNxT) / beta).transpose(0, 2, 1), ("batch", "length", "neurons"))
+            samples_BxNxT = jax.lax.stop_gradient(samples_BxNxT) + self._history(
+                responses_BxTxN, visible_BxTxN, jax.lax.stop_gradient(emb_BxNxE), batch["neuron_index"],
+                detach_offset=True)
         rates_BxNxT = jax.nn.softplus(beta * samples_BxNxT) / beta
         behavior_BxTxC = jnp.einsum("bcsd,cdk->bskc", beh_out_BxCxSxD.astype(jnp.float32),
                                     self.behavior_head[...]).reshape(b, t, c)
@@ -532,7 +550,7 @@ class OmniMouse(nnx.Module):
             # (docs/evaluation.md, "Behavior from the factors").
             behavior_BxTxC = behavior_BxTxC + self.factor_behavior(jax.lax.stop_gradient(factors_BxTxK))
         return {"rates": constrain(rates_BxNxT.transpose(0, 2, 1), ("batch", "length", "neurons")),
-                "behavior": behavior_BxTxC}
+                "behavior": behavior_BxTxC, **out}
 
     def set_receptive_fields(self, centres_Rx2: np.ndarray, size: float, start_row: int = 0) -> None:
         """Starts rows [start_row, start_row + R) at these centres (half-widths) and one size (receptive_fields'
@@ -715,13 +733,17 @@ class OmniMouse(nnx.Module):
         factors_BxTxK = smoothed_factors(gram_BxTxKxK, projected_BxTxK, persistence_K)
         return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK), factors_BxTxK
 
-    def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
+    def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN,
+                 detach_offset: bool = False) -> jax.Array:
         """(B, N, T) logits of the history readout: sum over timescales k of w_k(neuron) x own_k(t) and
         v_k(neuron) x population_k(t), the filtered visible deviations (response - offset) of the neuron and the
         mean over visible neurons, from samples before t only. The mean is scaled by sqrt(max_neurons), as in
-        `_population_state`, so that both traces are of unit scale and their weights of order one."""
-        deviation_BxTxN = jnp.where(visible_BxTxN, responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None],
-                                    0.0)
+        `_population_state`, so that both traces are of unit scale and their weights of order one. detach_offset:
+        no gradient reaches the offsets through the traces."""
+        offset_BxN = self.identity.offset(neuron_index_BxN)
+        if detach_offset:
+            offset_BxN = jax.lax.stop_gradient(offset_BxN)
+        deviation_BxTxN = jnp.where(visible_BxTxN, responses_BxTxN - offset_BxN[:, None], 0.0)
         count_BxT = jnp.maximum(visible_BxTxN.sum(-1), 1).astype(jnp.float32)
         population_BxT = deviation_BxTxN.sum(-1) / count_BxT * np.sqrt(self.config.max_neurons)
         filters_KxTxT = history_filters(self.config.num_samples, self.config.sampling_rate_hz)
