@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.train.optim import make_optimizer, schedule
+from omnimouse_jax.train.optim import clip_by_global_norm_of_the_rest, make_optimizer, schedule
 
 
 def _cfg(**kw):
@@ -68,3 +68,26 @@ def test_gradient_accumulation_applies_every_k_steps():
     assert float(optax.tree.norm(updates)) > 0
     with pytest.raises(UserError, match="grad_accum_steps"):
         make_optimizer(_cfg(grad_accum_steps=0), 10)
+
+
+def test_the_clipping_norm_leaves_out_the_parameters_fit_on_top():
+    """Without a history readout the clip is optax's, bit for bit; with one, the norm is the rest's alone (numpy) and
+    every gradient, the readout's too, is scaled by max_norm / that norm when it exceeds max_norm."""
+    rng = np.random.default_rng(0)
+    rest = {"core": jnp.asarray(rng.normal(size=5), jnp.float32), "identity": {"table": jnp.asarray(rng.normal(size=3),
+                                                                                                   jnp.float32)}}
+    clip = clip_by_global_norm_of_the_rest(1.0)
+    for scale in (0.1, 3.0):
+        grads = jax.tree.map(lambda g: g * scale, rest)
+        got, _ = clip.update(grads, clip.init(grads))
+        want, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(a, b)
+    history = {"kernel": jnp.full((4, 2), 50.0, jnp.float32)}  # alone far above the limit
+    rest_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in jax.tree.leaves(rest)))
+    for scale in (0.5 / rest_norm, 2.0 / rest_norm):  # the rest's norm 0.5 (kept) and 2 (halved)
+        grads = {**jax.tree.map(lambda g: g * scale, rest), "history_readout": history}
+        got, _ = clip.update(grads, clip.init(grads))
+        factor = min(1.0, 1.0 / (scale * rest_norm))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(a, np.asarray(b) * factor, rtol=1e-6)

@@ -4,6 +4,7 @@ accumulation."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -16,6 +17,33 @@ SCHEDULES = ("constant", "cosine")
 def is_per_session(path: tuple) -> bool:
     """Parameters owned by sessions rather than the shared core: everything under the model's `identity` tables."""
     return len(path) > 0 and str(path[0]) == "identity"
+
+
+def is_fitted_on_top(path: tuple) -> bool:
+    """Parameters fit to what the rest of the model leaves (the residual history readout, model.omnimouse): their
+    gradients stay out of the clipping norm, so that theirs, large while they are young, do not shrink the rest's
+    steps (docs/evaluation.md, "The residual history readout")."""
+    return len(path) > 0 and str(path[0]) == "history_readout"
+
+
+def _keys(path) -> tuple:
+    return tuple(getattr(k, "key", k) for k in path)
+
+
+def clip_by_global_norm_of_the_rest(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm with the norm taken over every parameter but those fit on top, and every gradient
+    scaled by the same factor; optax's arithmetic and (empty) state, so a model without such parameters updates bit
+    for bit as with optax's, and checkpoints of either restore with the other. optax has no clip over a subset whose
+    state is that empty one (optax.masked wraps it)."""
+    def update(updates, state, params=None):
+        del params
+        counted = jax.tree_util.tree_map_with_path(
+            lambda path, g: None if is_fitted_on_top(_keys(path)) else g, updates)
+        norm = optax.tree.norm(counted)
+        within = jnp.squeeze(norm < max_norm)
+        return jax.tree.map(lambda g: jax.lax.select(within, g, (g / norm.astype(g.dtype)) * max_norm), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def schedule(peak_lr: float, cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -44,10 +72,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[op
 
     def labels(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: "session" if is_per_session(tuple(getattr(k, "key", k) for k in path)) else "core", params)
+            lambda path, _: "session" if is_per_session(_keys(path)) else "core", params)
 
     tx = optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
+        clip_by_global_norm_of_the_rest(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
         optax.multi_transform({"core": adamw(core_lr, cfg.weight_decay),
                                "session": adamw(session_lr, cfg.session_weight_decay)}, labels))
     accumulate = int(cfg.get("grad_accum_steps", 1))
