@@ -29,20 +29,22 @@ def target_counts(batch: dict, masks: Masks) -> tuple[jax.Array, jax.Array]:
 def loss_sums(predictions: dict, batch: dict, masks: Masks, config) -> tuple[jax.Array, jax.Array]:
     """The sums behind loss_fn's two means: clamped Poisson NLL over response targets and clamped squared error over
     behavior targets. Sums over micro-batches add up to the batch's sums (train.session's micro-batched step)."""
-    rates = predictions["rates"].astype(jnp.float32)
     y = jnp.asarray(batch["responses"], jnp.float32)
-    nll = jnp.minimum(rates - y * jnp.log(rates + config.poisson_eps), config.poisson_clamp)
-    err = jnp.minimum((predictions["behavior"].astype(jnp.float32) - jnp.asarray(batch["behavior"], jnp.float32)) ** 2,
-                      config.behavior_clamp)
-    nll_sum = jnp.where(_response_targets(batch, masks), nll, 0.0).sum()
+    targets = _response_targets(batch, masks)
+
+    def nll_sum(rates):
+        nll = jnp.minimum(rates - y * jnp.log(rates + config.poisson_eps), config.poisson_clamp)
+        return jnp.where(targets, nll, 0.0).sum()
+
+    response_sum = nll_sum(predictions["rates"].astype(jnp.float32))
     if "rates_without_history" in predictions:
         # The value stays the NLL of the model's rates; the gradient adds that of the rates without the history
         # readout, which train everything but the readout (model.omnimouse, history_residual).
-        base = predictions["rates_without_history"].astype(jnp.float32)
-        base_nll = jnp.minimum(base - y * jnp.log(base + config.poisson_eps), config.poisson_clamp)
-        base_sum = jnp.where(_response_targets(batch, masks), base_nll, 0.0).sum()
-        nll_sum = nll_sum + base_sum - jax.lax.stop_gradient(base_sum)
-    return nll_sum, jnp.where(_behavior_targets(batch, masks), err, 0.0).sum()
+        base_sum = nll_sum(predictions["rates_without_history"].astype(jnp.float32))
+        response_sum = response_sum + base_sum - jax.lax.stop_gradient(base_sum)
+    err = jnp.minimum((predictions["behavior"].astype(jnp.float32) - jnp.asarray(batch["behavior"], jnp.float32)) ** 2,
+                      config.behavior_clamp)
+    return response_sum, jnp.where(_behavior_targets(batch, masks), err, 0.0).sum()
 
 
 def combine(nll_sum, err_sum, n_resp, n_beh, config) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -520,23 +520,22 @@ class OmniMouse(nnx.Module):
             factor_logits_BxNxT, factors_BxTxK = self._factor_completion(responses_BxTxN, visible_BxTxN, emb_BxNxE,
                                                                          batch["neuron_index"])
             samples_BxNxT = samples_BxNxT + factor_logits_BxNxT
-        beta = cfg.softplus_beta
-        residual = cfg.get("history_residual", False)
-        if self.history_readout is not None and not residual:
-            samples_BxNxT = samples_BxNxT + self._history(responses_BxTxN, visible_BxTxN, emb_BxNxE,
-                                                          batch["neuron_index"])
         samples_BxNxT = samples_BxNxT + self.identity.bias(batch["neuron_index"])[:, :, None]
+        beta = cfg.softplus_beta
         out = {}
-        if residual:
-            # The rest of the model trains on its own rates, as without the readout; the readout trains on top of
-            # them, held fixed, so it can add to their forecast but not take it over (docs/evaluation.md). Only
-            # training steps need those rates.
-            if not deterministic:
-                out["rates_without_history"] = constrain(
-                    (jax.nn.softplus(beta * samples_BxNxT) / beta).transpose(0, 2, 1), ("batch", "length", "neurons"))
-            samples_BxNxT = jax.lax.stop_gradient(samples_BxNxT) + self._history(
-                responses_BxTxN, visible_BxTxN, jax.lax.stop_gradient(emb_BxNxE), batch["neuron_index"],
-                detach_offset=True)
+        if self.history_readout is not None:
+            history_BxNxT = self._history(responses_BxTxN, visible_BxTxN, emb_BxNxE, batch["neuron_index"],
+                                          detach=cfg.history_residual)
+            if cfg.history_residual:
+                # The rest of the model trains on its own rates, as without the readout; the readout trains on top
+                # of them, held fixed, so it can add to their forecast but not take it over (docs/evaluation.md).
+                # Only training steps need those rates.
+                if not deterministic:
+                    out["rates_without_history"] = constrain(
+                        (jax.nn.softplus(beta * samples_BxNxT) / beta).transpose(0, 2, 1),
+                        ("batch", "length", "neurons"))
+                samples_BxNxT = jax.lax.stop_gradient(samples_BxNxT)
+            samples_BxNxT = samples_BxNxT + history_BxNxT
         rates_BxNxT = jax.nn.softplus(beta * samples_BxNxT) / beta
         behavior_BxTxC = jnp.einsum("bcsd,cdk->bskc", beh_out_BxCxSxD.astype(jnp.float32),
                                     self.behavior_head[...]).reshape(b, t, c)
@@ -733,16 +732,15 @@ class OmniMouse(nnx.Module):
         factors_BxTxK = smoothed_factors(gram_BxTxKxK, projected_BxTxK, persistence_K)
         return self.factor_gain[...] * jnp.einsum("bnk,btk->bnt", loadings_BxNxK, factors_BxTxK), factors_BxTxK
 
-    def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN,
-                 detach_offset: bool = False) -> jax.Array:
+    def _history(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN, detach: bool = False) -> jax.Array:
         """(B, N, T) logits of the history readout: sum over timescales k of w_k(neuron) x own_k(t) and
         v_k(neuron) x population_k(t), the filtered visible deviations (response - offset) of the neuron and the
         mean over visible neurons, from samples before t only. The mean is scaled by sqrt(max_neurons), as in
-        `_population_state`, so that both traces are of unit scale and their weights of order one. detach_offset:
-        no gradient reaches the offsets through the traces."""
+        `_population_state`, so that both traces are of unit scale and their weights of order one. detach: no
+        gradient reaches the embeddings and offsets the readout reads (only its own weights train through it)."""
         offset_BxN = self.identity.offset(neuron_index_BxN)
-        if detach_offset:
-            offset_BxN = jax.lax.stop_gradient(offset_BxN)
+        if detach:
+            offset_BxN, emb_BxNxE = jax.lax.stop_gradient((offset_BxN, emb_BxNxE))
         deviation_BxTxN = jnp.where(visible_BxTxN, responses_BxTxN - offset_BxN[:, None], 0.0)
         count_BxT = jnp.maximum(visible_BxTxN.sum(-1), 1).astype(jnp.float32)
         population_BxT = deviation_BxTxN.sum(-1) / count_BxT * np.sqrt(self.config.max_neurons)
