@@ -672,6 +672,48 @@ def test_history_readout_adds_filtered_own_and_population_history_of_earlier_vis
     assert np.abs(logits[target]).mean() > 0.05  # the history reaches the targets
 
 
+def test_history_lags_weigh_the_last_visible_samples_by_their_gap_to_the_target():
+    """history_lags=L: at sample t each neuron adds table[gap, 0, j] x its own deviation j samples before its last
+    visible sample s < t (gap = t - s), and table[gap', 1, j] x the population mean's likewise (a loop reference
+    over a mask where held-out neurons are seen only over a prefix); a hidden response changes nothing."""
+    cfg = load_config("test").model
+    cfg.history_readout, cfg.history_lags = True, 3
+    model = OmniMouse(cfg, rngs=nnx.Rngs(0))
+    batch = make_batch(cfg, seed=33)
+    strategy = masking.MaskingStrategy(n_visible_neurons=8, prefix_start=15, full_population_prefix_len=10,
+                                       max_reconstructed_neurons=16, context_start=15, context_len=T - 15)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    rng = np.random.default_rng(34)
+    model.identity.neuron_offset[...] = jnp.asarray(rng.normal(size=model.identity.neuron_offset.shape), jnp.float32)
+    lagged = nnx.clone(model)
+    table = rng.normal(size=model.history_lags.shape).astype(np.float32) * 0.3
+    lagged.history_lags[...] = jnp.asarray(table)
+
+    offsets = np.asarray(model.identity.neuron_offset[...])[batch["neuron_index"]]
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    deviation = np.where(visible, batch["responses"] - offsets[:, None], 0.0)
+    population = deviation.sum(-1) / np.maximum(visible.sum(-1), 1) * np.sqrt(cfg.max_neurons)
+
+    def lag_term(series_T, seen_T, t, which):
+        seen = np.flatnonzero(seen_T[:t])
+        if not len(seen):
+            return 0.0
+        s = seen[-1]
+        return sum(table[t - s, which, j] * series_T[s - j] for j in range(cfg.history_lags) if s - j >= 0)
+
+    logits = np.zeros(batch["responses"].shape)
+    for b in range(logits.shape[0]):
+        for t in range(T):
+            pop = lag_term(population[b], visible[b].any(-1), t, 1)
+            for n in range(logits.shape[2]):
+                logits[b, t, n] = pop + lag_term(deviation[b, :, n], visible[b, :, n], t, 0)
+
+    _, _, target = _assert_readout_adds(cfg, model, lagged, batch, masks, visible, logits)
+    own_gaps = {t - 24 for t in np.flatnonzero(target.any((0, 2)))}
+    assert min(own_gaps) == 6 and max(own_gaps) == T - 25  # held-out neurons: seen up to sample 24
+    assert np.abs(logits[target]).mean() > 0.05
+
+
 def test_residual_history_readout_trains_on_top_of_the_rest_of_the_model():
     """history_residual=True: the training loss's value is the NLL of the rates with the history readout; every other
     parameter gets the gradient of the same model without the readout, and the readout the gradient it gets in the

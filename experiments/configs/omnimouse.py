@@ -59,7 +59,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
         neuron_rf_init="centre", decoder_video_attention="joint", readout_gain=False, video_skip_readout=False,
         video_factorized_readout=False, population_readout=False, history_readout=False, history_residual=False,
-        factor_readout=0, factor_dynamics=False, factor_behavior=False,
+        history_lags=0, factor_readout=0, factor_dynamics=False, factor_behavior=False,
         poisson_eps=1e-5, poisson_clamp=100.0, behavior_clamp=10.0, behavior_weight=0.1,
         video=dict(embed_dim=128, num_heads=2, stages=stages, patch_kernel=(6, 7, 7), patch_stride=(2, 2, 2),
                    patch_padding=(2, 1, 3), q_stride=(1, 2, 2), mask_unit=(1, 8, 8), mlp_ratio=2.67,

@@ -40,6 +40,11 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             history_residual=True it is fit to what the rest of the model leaves: the rest trains on its own rates
             (without the readout), and the readout on the full rates with the rest held fixed (stop-gradients on
             its input, the embeddings and the offsets), so it adds to the model's forecast instead of replacing it.
+            With history_lags=L > 0 it also reads, as a direct multi-horizon autoregression does, the neuron's own
+            deviations at its last visible sample before t and the L - 1 samples before that, and the population
+            mean's likewise, each weighed by a coefficient of the lag and of the gap (samples from that last visible
+            sample to t), shared by all neurons: the exponential traces fix how the past decays into the future, the
+            gap's coefficients learn it per horizon. Zero at init.
   factor readout (factor_readout=K > 0; not in the paper's code): population completion as the conditional mean of
             a K-factor model. Each neuron's loadings on K population factors are a linear function of its embedding;
             at each sample the factors are the ridge estimate from the visible neurons' deviations from their
@@ -115,7 +120,8 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
                  "history_readout": False, "factor_readout": 0, "factor_dynamics": False,
-                 "factor_behavior": False, "population_decoder_lags": 0, "history_residual": False}
+                 "factor_behavior": False, "population_decoder_lags": 0, "history_residual": False,
+                 "history_lags": 0}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
 _INIT = nnx.initializers.normal(0.02)
@@ -138,6 +144,23 @@ def history_filters(num_samples: int, sampling_rate_hz: float) -> np.ndarray:
     decay_K = np.exp(-1.0 / (np.asarray(HISTORY_TIMESCALES_S) * sampling_rate_hz))[:, None, None]
     return np.where(lag_TxT >= 1, np.sqrt(1 - decay_K ** 2) * decay_K ** np.maximum(lag_TxT - 1, 0),
                     0.0).astype(np.float32)
+
+
+def last_visible_lags(values_BxTxN: jax.Array, visible_BxTxN: jax.Array, lags: int) -> tuple[jax.Array, jax.Array]:
+    """For each sample t: (B, T, N, lags) the values at the last visible sample s < t and at s - 1 .. s - lags + 1
+    (0 before the block; the values must already be 0 where hidden), and (B, T, N) the gap t - s (0 where no
+    sample before t is visible)."""
+    b, t, n = values_BxTxN.shape
+    seen_BxTxN = jnp.where(visible_BxTxN, jnp.arange(t)[None, :, None], -1)
+    last_BxTxN = jax.lax.cummax(seen_BxTxN, axis=1)
+    last_before_BxTxN = jnp.concatenate([jnp.full((b, 1, n), -1, last_BxTxN.dtype), last_BxTxN[:, :-1]], axis=1)
+    index_LxBxTxN = last_before_BxTxN[None] - jnp.arange(lags)[:, None, None, None]
+    gathered_BxLTxN = jnp.take_along_axis(
+        values_BxTxN, jnp.maximum(index_LxBxTxN, 0).transpose(1, 0, 2, 3).reshape(b, lags * t, n), axis=1)
+    lagged_BxTxNxL = jnp.where(index_LxBxTxN.transpose(1, 2, 3, 0) >= 0,
+                               gathered_BxLTxN.reshape(b, lags, t, n).transpose(0, 2, 3, 1), 0.0)
+    gap_BxTxN = jnp.where(last_before_BxTxN >= 0, jnp.arange(t)[None, :, None] - last_before_BxTxN, 0)
+    return lagged_BxTxNxL, gap_BxTxN
 
 
 def check_model_config(cfg: ml_collections.ConfigDict) -> None:
@@ -205,6 +228,11 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(not cfg.history_residual or cfg.history_readout,
          "history_residual=True fits the history readout to what the rest of the model leaves: it needs "
          "history_readout=True")
+    need(cfg.history_lags >= 0 and (cfg.history_readout or not cfg.history_lags),
+         f"history_lags={cfg.history_lags} must be >= 0, and > 0 only with history_readout=True (it adds lagged "
+         "samples to the history readout)")
+    need(cfg.history_lags < cfg.num_samples,
+         f"history_lags={cfg.history_lags} must be below num_samples={cfg.num_samples}")
     local, glob = cfg.local_global_ratio
     need(local >= 0 and glob >= 1,
          f"local_global_ratio={tuple(cfg.local_global_ratio)} needs at least one global layer")
@@ -401,6 +429,9 @@ class OmniMouse(nnx.Module):
             cfg.d_neuron_embed, 2 * len(HISTORY_TIMESCALES_S), param_dtype=jnp.float32,
             kernel_init=partitioned(nnx.initializers.zeros_init(), "neuron_embed", None),
             bias_init=partitioned(nnx.initializers.zeros_init(), None), rngs=rngs) if cfg.history_readout else None
+        # Its lag coefficients: [gap, own or population, lag], gap 0 unused (no visible sample before t is no gap).
+        self.history_lags = nnx.Param(partitioned(nnx.initializers.zeros_init(), None, None, None)(
+            rngs.params(), (cfg.num_samples, 2, cfg.history_lags), jnp.float32)) if cfg.history_lags else None
 
     def _check_batch(self, batch) -> None:
         cfg = self.config
@@ -749,8 +780,17 @@ class OmniMouse(nnx.Module):
         population_BxKxT = jnp.einsum("kts,bs->bkt", filters_KxTxT, population_BxT)
         weights_BxNx2K = self.history_readout(emb_BxNxE.astype(jnp.float32))
         k = len(HISTORY_TIMESCALES_S)
-        return (jnp.einsum("bktn,bnk->bnt", own_BxKxTxN, weights_BxNx2K[..., :k])
-                + jnp.einsum("bkt,bnk->bnt", population_BxKxT, weights_BxNx2K[..., k:]))
+        history_BxNxT = (jnp.einsum("bktn,bnk->bnt", own_BxKxTxN, weights_BxNx2K[..., :k])
+                         + jnp.einsum("bkt,bnk->bnt", population_BxKxT, weights_BxNx2K[..., k:]))
+        if self.history_lags is None:
+            return history_BxNxT
+        lags_Tx2xL = self.history_lags[...]
+        own_BxTxNxL, own_gap_BxTxN = last_visible_lags(deviation_BxTxN, visible_BxTxN, lags_Tx2xL.shape[-1])
+        pop_BxTx1xL, pop_gap_BxTx1 = last_visible_lags(population_BxT[..., None],
+                                                       visible_BxTxN.any(-1, keepdims=True), lags_Tx2xL.shape[-1])
+        lagged_BxTxN = ((own_BxTxNxL * lags_Tx2xL[own_gap_BxTxN, 0]).sum(-1)
+                        + (pop_BxTx1xL * lags_Tx2xL[pop_gap_BxTx1, 1]).sum(-1))
+        return history_BxNxT + lagged_BxTxN.transpose(0, 2, 1)
 
     def _mix(self, layer, is_local, bins_BxWxLxD, bins_valid_BxWxL, bins_t_WxL, globals_BxQxD, globals_valid_BxQ,
              globals_t_Q, deterministic):

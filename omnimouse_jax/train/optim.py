@@ -23,7 +23,7 @@ def is_fitted_on_top(path: tuple) -> bool:
     """Parameters fit to what the rest of the model leaves (the residual history readout, model.omnimouse): their
     gradients stay out of the clipping norm, so that theirs, large while they are young, do not shrink the rest's
     steps (docs/evaluation.md, "The residual history readout")."""
-    return len(path) > 0 and str(path[0]) == "history_readout"
+    return len(path) > 0 and str(path[0]) in ("history_readout", "history_lags")
 
 
 def _keys(path) -> tuple:
