@@ -99,6 +99,8 @@ def test_bad_config_arguments(arg, match):
                                      r"population_decoder=True"),
     (dict(population_decoder_lags=-1), r"config\.model\.population_decoder_lags=-1 must be >= 0"),
     (dict(population_decoder_lags=60), r"config\.model\.population_decoder_lags=60 must be below num_samples=60"),
+    (dict(history_lags=5), r"config\.model\.history_lags=5 must be >= 0, and > 0 only with history_readout=True"),
+    (dict(history_readout=True, history_lags=60), r"config\.model\.history_lags=60 must be below num_samples=60"),
     (dict(video=dict(encoder="vit")), r"config\.model\.video\.encoder='vit': expected one of \['hiera', 'convnext'\]"),
 ])
 def test_inconsistent_model_settings_fail_at_config_time(changes, match):

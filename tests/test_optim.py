@@ -84,9 +84,10 @@ def test_the_clipping_norm_leaves_out_the_parameters_fit_on_top():
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_array_equal(a, b)
     history = {"kernel": jnp.full((4, 2), 50.0, jnp.float32)}  # alone far above the limit
+    lags = jnp.full((3, 2, 2), -40.0, jnp.float32)  # the history readout's lag table, likewise
     rest_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in jax.tree.leaves(rest)))
     for scale in (0.5 / rest_norm, 2.0 / rest_norm):  # the rest's norm 0.5 (kept) and 2 (halved)
-        grads = {**jax.tree.map(lambda g: g * scale, rest), "history_readout": history}
+        grads = {**jax.tree.map(lambda g: g * scale, rest), "history_readout": history, "history_lags": lags}
         got, _ = clip.update(grads, clip.init(grads))
         factor = min(1.0, 1.0 / (scale * rest_norm))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(grads)):
