@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from omnimouse_jax.errors import UserError
-from omnimouse_jax.train.optim import clip_by_global_norm_of_the_rest, make_optimizer, schedule
+from omnimouse_jax.train.optim import clip_by_global_norm_of_the_rest, clipping_norm, make_optimizer, schedule
 
 
 def _cfg(**kw):
@@ -88,6 +88,7 @@ def test_the_clipping_norm_leaves_out_the_parameters_fit_on_top():
     rest_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in jax.tree.leaves(rest)))
     for scale in (0.5 / rest_norm, 2.0 / rest_norm):  # the rest's norm 0.5 (kept) and 2 (halved)
         grads = {**jax.tree.map(lambda g: g * scale, rest), "history_readout": history, "history_lags": lags}
+        np.testing.assert_allclose(clipping_norm(grads), scale * rest_norm, rtol=1e-6)  # what the metrics log
         got, _ = clip.update(grads, clip.init(grads))
         factor = min(1.0, 1.0 / (scale * rest_norm))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(grads)):

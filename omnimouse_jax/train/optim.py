@@ -30,6 +30,12 @@ def _keys(path) -> tuple:
     return tuple(getattr(k, "key", k) for k in path)
 
 
+def clipping_norm(grads) -> jax.Array:
+    """The global norm of every gradient but those fit on top: the norm the clip compares with its limit."""
+    return optax.tree.norm(jax.tree_util.tree_map_with_path(
+        lambda path, g: None if is_fitted_on_top(_keys(path)) else g, grads))
+
+
 def clip_by_global_norm_of_the_rest(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm with the norm taken over every parameter but those fit on top, and every gradient
     scaled by the same factor; optax's arithmetic and (empty) state, so a model without such parameters updates bit
@@ -37,9 +43,7 @@ def clip_by_global_norm_of_the_rest(max_norm: float) -> optax.GradientTransforma
     state is that empty one (optax.masked wraps it)."""
     def update(updates, state, params=None):
         del params
-        counted = jax.tree_util.tree_map_with_path(
-            lambda path, g: None if is_fitted_on_top(_keys(path)) else g, updates)
-        norm = optax.tree.norm(counted)
+        norm = clipping_norm(updates)
         within = jnp.squeeze(norm < max_norm)
         return jax.tree.map(lambda g: jax.lax.select(within, g, (g / norm.astype(g.dtype)) * max_norm), updates), state
 

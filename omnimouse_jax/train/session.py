@@ -35,7 +35,7 @@ from omnimouse_jax.parallel import compile_cache, distributed, sharding
 from omnimouse_jax.train import perf
 from omnimouse_jax.train.checkpoint import Checkpointer, abstract_like, data_to_keys
 from omnimouse_jax.train.logging import MetricsLogger
-from omnimouse_jax.train.optim import make_optimizer
+from omnimouse_jax.train.optim import clipping_norm, make_optimizer
 
 # The batch fields the model reads; the rest (window positions, evaluation masks) stay on the host.
 MODEL_FIELDS = ("responses", "neuron_mask", "neuron_index", "session_index", "animal_index", "video", "behavior",
@@ -216,7 +216,7 @@ def step_functions(graphdef, model_config, microbatches: int = 1):
             (loss, parts), grads = nnx.value_and_grad(
                 lambda m: forward_loss(m, batch, fields, False), has_aux=True)(model)
         optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
+        return nnx.state((model, optimizer)), {"loss": loss, **parts, "grad_norm": clipping_norm(grads)}
 
     def eval_step(state, batch, fields):
         model, _ = nnx.merge(graphdef, state)
