@@ -40,3 +40,12 @@ def test_without_a_cache_directory_nothing_is_remembered(cache_dir):
     for _ in range(2):
         compile_cache.remembered("flops", {"k": 1}, lambda: calls.append(1) or 3.0)
     assert calls == [1, 1]
+
+
+def test_a_value_remembered_for_other_code_is_computed_again(cache_dir, monkeypatch):
+    """The cache directory outlives code changes: a value stored by another version of the package is not read."""
+    assert compile_cache.remembered("flops", {"k": 1}, lambda: 5.0) == 5.0
+    assert compile_cache.remembered("flops", {"k": 1}, lambda: 6.0) == 5.0
+    monkeypatch.setattr(compile_cache, "package_fingerprint", lambda: "another version of the source")
+    assert compile_cache.remembered("flops", {"k": 1}, lambda: 6.0) == 6.0
+

@@ -6,6 +6,7 @@ traces the whole model a second time, which costs as much as tracing the step it
 value under the cache directory, keyed by what determines it."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -25,14 +26,26 @@ def use_workdir_cache(workdir: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+@functools.cache
+def package_fingerprint() -> str:
+    """A hash of this package's Python source: a value derived from compiling its code (a FLOP count) is only as
+    good as the code it was derived from, and a cache directory outlives code changes."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def remembered(kind: str, key: dict, compute: Callable[[], float | None]) -> float | None:
     """compute(), read back from the compilation cache directory when a value for `key` (JSON-serializable, with
-    the JAX version added) was stored there before; computed and stored otherwise. Without a cache directory, or
-    when the stored file is unreadable, it is simply computed."""
+    the JAX version and the package's source fingerprint added) was stored there before; computed and stored
+    otherwise. Without a cache directory, or when the stored file is unreadable, it is simply computed."""
     directory = jax.config.jax_compilation_cache_dir
     if not directory:
         return compute()
-    text = json.dumps({"key": key, "jax": jax.__version__}, sort_keys=True, default=str)
+    text = json.dumps({"key": key, "jax": jax.__version__, "code": package_fingerprint()}, sort_keys=True,
+                      default=str)
     path = Path(directory) / "omnimouse" / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
     try:
         return json.loads(path.read_text())["value"]
