@@ -99,8 +99,9 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         model.update(decoder_video_keys=False, video_readout_prior="none", decoder_video_attention="joint",
                      local_window_bins=0)
         # Each neuron's own recent past for forecasting: the history readout, fit to what the rest of the model
-        # leaves, so the rest trains as without it (docs/evaluation.md, "The residual history readout").
-        model.update(history_readout=True, history_residual=True)
+        # leaves, so the rest trains as without it, with its last 5 visible samples weighed per gap to the target
+        # (docs/evaluation.md, "The residual history readout", "The history readout's lags").
+        model.update(history_readout=True, history_residual=True, history_lags=5)
         # 128 neurons per example: a much cheaper step, and the paper's regimes (64 visible + 64 held out) still fit.
         # Softplus(beta=1) readout: responses arrive divided by their std (mean ~0.4), where Softplus(0.1)/0.1 has
         # slope 0.04, so the readout's weights must grow ~25x before rates can move; at beta 1 the slope is 0.34.
