@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +31,12 @@ def _overrides(**values):
 
 
 def _env():
-    # The subprocesses share this test session's compilation cache; conftest's 8-device flag is not theirs to keep.
+    # The processes compile into a cache of their own: with the training step of a 2-process run already in the
+    # cache that test sessions share, the processes hung after joining (2026-12-07; not yet understood, see
+    # docs/testing.md). conftest's 8-device flag is not theirs to keep.
     env = {**os.environ, "XLA_FLAGS": without_fake_devices(os.environ["XLA_FLAGS"])}
-    return {**env, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir, "PYTHON": sys.executable}
+    return {**env, "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="omnimouse-multiprocess-cache-"),
+            "PYTHON": sys.executable}
 
 
 def _free_port() -> int:
