@@ -128,6 +128,8 @@ _INIT = nnx.initializers.normal(0.02)
 # The video skip readout's head starts random, not at zero: at zero neither it nor the encoder behind it gets a
 # gradient (a saddle of the product). docs/evaluation.md compares init scales.
 VIDEO_HEAD_INIT = nnx.initializers.lecun_normal()
+# The model's attributes holding the parameters that history_residual fits to what the rest of the model leaves.
+FITTED_ON_TOP = ("history_readout", "history_lags")
 # The history readout's timescales (s): its exponential filters span a sample to a few seconds.
 HISTORY_TIMESCALES_S = (0.1, 0.3, 1.0, 3.0)
 # The dynamic factors' initial timescales (s), log-spaced over this range: from nearly independent samples to the

@@ -10,6 +10,7 @@ import optax
 from flax import nnx
 
 from omnimouse_jax.errors import UserError
+from omnimouse_jax.model.omnimouse import FITTED_ON_TOP
 
 SCHEDULES = ("constant", "cosine")
 
@@ -23,7 +24,7 @@ def is_fitted_on_top(path: tuple) -> bool:
     """Parameters fit to what the rest of the model leaves (the residual history readout, model.omnimouse): their
     gradients stay out of the clipping norm, so that theirs, large while they are young, do not shrink the rest's
     steps (docs/evaluation.md, "The residual history readout")."""
-    return len(path) > 0 and str(path[0]) in ("history_readout", "history_lags")
+    return len(path) > 0 and str(path[0]) in FITTED_ON_TOP
 
 
 def _keys(path) -> tuple:
