@@ -156,11 +156,10 @@ def last_visible_lags(values_BxTxN: jax.Array, visible_BxTxN: jax.Array, lags: i
     seen_BxTxN = jnp.where(visible_BxTxN, jnp.arange(t)[None, :, None], -1)
     last_BxTxN = jax.lax.cummax(seen_BxTxN, axis=1)
     last_before_BxTxN = jnp.concatenate([jnp.full((b, 1, n), -1, last_BxTxN.dtype), last_BxTxN[:, :-1]], axis=1)
-    index_LxBxTxN = last_before_BxTxN[None] - jnp.arange(lags)[:, None, None, None]
-    gathered_BxLTxN = jnp.take_along_axis(
-        values_BxTxN, jnp.maximum(index_LxBxTxN, 0).transpose(1, 0, 2, 3).reshape(b, lags * t, n), axis=1)
-    lagged_BxTxNxL = jnp.where(index_LxBxTxN.transpose(1, 2, 3, 0) >= 0,
-                               gathered_BxLTxN.reshape(b, lags, t, n).transpose(0, 2, 3, 1), 0.0)
+    index_BxTxLxN = last_before_BxTxN[:, :, None] - jnp.arange(lags)[:, None]
+    gathered_BxTxLxN = jnp.take_along_axis(
+        values_BxTxN, jnp.maximum(index_BxTxLxN, 0).reshape(b, t * lags, n), axis=1).reshape(b, t, lags, n)
+    lagged_BxTxNxL = jnp.where(index_BxTxLxN >= 0, gathered_BxTxLxN, 0.0).transpose(0, 1, 3, 2)
     gap_BxTxN = jnp.where(last_before_BxTxN >= 0, jnp.arange(t)[None, :, None] - last_before_BxTxN, 0)
     return lagged_BxTxNxL, gap_BxTxN
 
@@ -770,7 +769,8 @@ class OmniMouse(nnx.Module):
         v_k(neuron) x population_k(t), the filtered visible deviations (response - offset) of the neuron and the
         mean over visible neurons, from samples before t only. The mean is scaled by sqrt(max_neurons), as in
         `_population_state`, so that both traces are of unit scale and their weights of order one. detach: no
-        gradient reaches the embeddings and offsets the readout reads (only its own weights train through it)."""
+        gradient reaches the embeddings and offsets the readout reads (only its own weights train through it).
+        With history_lags, plus the lag table's weighted sum of both deviations' last visible samples."""
         offset_BxN = self.identity.offset(neuron_index_BxN)
         if detach:
             offset_BxN, emb_BxNxE = jax.lax.stop_gradient((offset_BxN, emb_BxNxE))
