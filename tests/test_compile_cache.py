@@ -48,4 +48,3 @@ def test_a_value_remembered_for_other_code_is_computed_again(cache_dir, monkeypa
     assert compile_cache.remembered("flops", {"k": 1}, lambda: 6.0) == 5.0
     monkeypatch.setattr(compile_cache, "package_fingerprint", lambda: "another version of the source")
     assert compile_cache.remembered("flops", {"k": 1}, lambda: 6.0) == 6.0
-

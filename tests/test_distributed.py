@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,13 +29,12 @@ def _overrides(**values):
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def _env():
-    # The processes compile into a cache of their own: with the training step of a 2-process run already in the
-    # cache that test sessions share, the processes hung after joining (2026-12-07; not yet understood, see
-    # docs/testing.md). conftest's 8-device flag is not theirs to keep.
+def _env(tmp_path: Path):
+    # The processes compile into a cache of their own, in the test's directory: with the training step of a
+    # 2-process run already in the cache that test sessions share, the processes hung after joining (2026-12-07;
+    # not yet understood, see docs/testing.md). conftest's 8-device flag is not theirs to keep.
     env = {**os.environ, "XLA_FLAGS": without_fake_devices(os.environ["XLA_FLAGS"])}
-    return {**env, "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="omnimouse-multiprocess-cache-"),
-            "PYTHON": sys.executable}
+    return {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "compile_cache"), "PYTHON": sys.executable}
 
 
 def _free_port() -> int:
@@ -74,7 +72,7 @@ def test_unreachable_coordinator_fails_in_bounded_time_naming_the_process(tmp_pa
     start = time.monotonic()
     proc = subprocess.run(_train_cmd("--workdir", str(tmp_path / "w"), "--coordinator", f"localhost:{_free_port()}",
                                      "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"),
-                          capture_output=True, text=True, env=_env(), timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr
     assert "process 1 of 2" in proc.stderr and "not reachable within 2s" in proc.stderr
     assert time.monotonic() - start < 60
@@ -87,7 +85,7 @@ def test_processes_with_different_configs_fail_naming_both_and_the_key(mice_stor
                 "--process-id", str(pid), "--init-timeout", "60",
                 *_overrides(**{"data.root": mice_store, "train.steps": steps})]
         procs.append(subprocess.Popen(_train_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**_env(), "JAX_PLATFORMS": "cpu"}, cwd=ROOT))
+                                      env={**_env(tmp_path), "JAX_PLATFORMS": "cpu"}, cwd=ROOT))
     for pid, proc in enumerate(procs):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, err
@@ -207,7 +205,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(mice_
     args = ["--config", RUN_CONFIG, "--workdir", str(multi),
             *_overrides(**RUN, **mesh, **{"data.root": mice_store, "train.steps": 3})]
     proc = subprocess.run(["bash", str(ROOT / "launch" / "local_multiprocess.sh"), "2", "--", *args],
-                          capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[process 1]" in proc.stderr and "step 3/3" in proc.stderr
     steps, multi_losses = _losses(multi)
