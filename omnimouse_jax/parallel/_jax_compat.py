@@ -7,6 +7,7 @@ no backend: that happens only on first use of a device.
 from __future__ import annotations
 
 from jax._src import cloud_tpu_init, distributed as jax_distributed, xla_bridge
+from jax._src.lib import xla_client
 
 
 def backends_are_initialized() -> bool:
@@ -26,6 +27,13 @@ def distributed_client():
     """The coordinator's key-value client of the joined process group, or None in a single process."""
     # jax.distributed has no public accessor for its client, whose key-value store lets processes compare configs.
     return jax_distributed.global_state.client
+
+
+def topology_fingerprint(devices) -> int:
+    """The fingerprint of these devices' topology that JAX's persistent compilation cache puts in every key."""
+    # The cache key's device part (jax._src.cache_key) has no public accessor; on the CPU backend it differs between
+    # the processes of one run, on others it should not.
+    return int(xla_client.get_topology_for_devices(list(devices)).fingerprint())
 
 
 def key_impl_of_dtype(dtype):

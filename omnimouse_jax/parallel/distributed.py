@@ -102,6 +102,7 @@ def initialize(group: ProcessGroup | None, *, timeout_s: int = 300) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistributedError(f"{group.describe()}: could not join the process group within {timeout_s}s: "
                                f"{first}") from None
+    _keep_compile_cache_only_if_shared(timeout_s)
 
 
 def _wait_for_coordinator(group: ProcessGroup, timeout_s: float) -> None:
@@ -124,20 +125,12 @@ def check_same_config(config_json: str, *, timeout_s: int = 300) -> None:
 
     Each process publishes its config through the coordinator's key-value store and compares its own with every
     other's; a process that never publishes makes the others fail after `timeout_s`. A no-op in a single process."""
-    client = _jax_compat.distributed_client()
-    if client is None or jax.process_count() == 1:
+    everyone = _exchange("config", config_json, timeout_s=timeout_s, what="its config")
+    if everyone is None:
         return
-    me, count = jax.process_index(), jax.process_count()
-    client.key_value_set(f"omnimouse/config/{me}", config_json)
+    me = jax.process_index()
     mine = _flatten(json.loads(config_json))
-    for other in range(count):
-        if other == me:
-            continue
-        try:
-            theirs_json = client.blocking_key_value_get(f"omnimouse/config/{other}", int(timeout_s * 1000))
-        except Exception as err:  # the coordinator's deadline error: that process never got this far
-            raise DistributedError(f"process {me}: process {other} did not report its config within {timeout_s}s "
-                                   f"({str(err).strip().splitlines()[0] if str(err).strip() else 'timeout'})") from None
+    for other, theirs_json in enumerate(everyone):
         theirs = _flatten(json.loads(theirs_json))
         differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differing:
@@ -146,6 +139,45 @@ def check_same_config(config_json: str, *, timeout_s: int = 300) -> None:
             shown = "; ".join(f"config.{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in differing[:5])
             more = f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""
             raise DistributedError(f"process {me}: processes {low} and {high} run different configs: {shown}{more}")
+
+
+def _keep_compile_cache_only_if_shared(timeout_s: int) -> None:
+    """Turns JAX's persistent compilation cache off for this run unless every process computes the same cache keys.
+
+    Only process 0 writes entries and every process reads them, so the keys must not depend on the process. On the
+    CPU backend they do (the device topology in each key names the process's own devices): a restarted run would load
+    process 0's step from the cache and compile the others' afresh, and those processes hang in their first
+    collective (docs/reliability.md). Must run before the first compile, which fixes JAX's choice for the process."""
+    fingerprint = str(_jax_compat.topology_fingerprint(jax.devices()))
+    everyone = _exchange("topology", fingerprint, timeout_s=timeout_s, what="its device topology")
+    if everyone is None or len(set(everyone)) == 1:
+        return
+    jax.config.update("jax_enable_compilation_cache", False)
+    if jax.process_index() == 0:
+        print(f"omnimouse: the persistent compilation cache is off for this run: its keys differ between the "
+              f"processes on this backend ({jax.default_backend()}), so a restart would mix cached and fresh "
+              "programs", file=sys.stderr, flush=True)
+
+
+def _exchange(name: str, value: str, *, timeout_s: int, what: str) -> list[str] | None:
+    """Every process's `value` for `name`, in process order, through the coordinator's key-value store; None in a
+    single process. DistributedError naming the process that did not publish within `timeout_s`."""
+    client = _jax_compat.distributed_client()
+    if client is None or jax.process_count() == 1:
+        return None
+    me = jax.process_index()
+    client.key_value_set(f"omnimouse/{name}/{me}", value)
+    everyone = []
+    for other in range(jax.process_count()):
+        if other == me:
+            everyone.append(value)
+            continue
+        try:
+            everyone.append(client.blocking_key_value_get(f"omnimouse/{name}/{other}", int(timeout_s * 1000)))
+        except Exception as err:  # the coordinator's deadline error: that process never got this far
+            raise DistributedError(f"process {me}: process {other} did not report {what} within {timeout_s}s "
+                                   f"({str(err).strip().splitlines()[0] if str(err).strip() else 'timeout'})") from None
+    return everyone
 
 
 def _flatten(tree, prefix: str = "") -> dict:
