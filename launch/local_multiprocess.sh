@@ -7,8 +7,10 @@
 #   launch/local_multiprocess.sh 2 -- --config experiments/configs/omnimouse.py:size=test --workdir W
 #
 # Environment: DEVICES_PER_PROCESS (default 4), COORDINATOR_PORT (default: a free port), PYTHON (default python3),
-# INIT_TIMEOUT seconds (default 120). Each process's output lines are prefixed with [process I]. If one process fails,
-# the others are stopped and the launcher exits with the first failing status.
+# INIT_TIMEOUT seconds (default 120), STOP_GRACE seconds (default 60). Each process's output lines are prefixed with
+# [process I]. If one process fails, the others are sent SIGTERM (a training process saves a checkpoint and exits),
+# then SIGKILL after STOP_GRACE seconds (one blocked in a collective with the failed process never reaches its
+# handler), and the launcher exits with the first failing status.
 set -euo pipefail
 
 usage() { echo "usage: $0 P -- <omnimouse train arguments>" >&2; exit 2; }
@@ -23,8 +25,12 @@ port=${COORDINATOR_PORT:-$("$python" -c 'import socket; s = socket.socket(); s.b
 
 pids=()
 declare -A index_of
+grace=${STOP_GRACE:-60}
+killer=
 stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  (sleep "$grace"; for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done) &
+  killer=$!
 }
 trap 'stop_all; exit 130' INT TERM
 
@@ -52,5 +58,6 @@ while ((${#running[@]} > 0)); do
     stop_all
   fi
 done
+if [[ -n $killer ]]; then kill "$killer" 2>/dev/null || true; fi  # every process is gone
 wait  # the output filters
 exit "$status"

@@ -108,6 +108,31 @@ def test_processes_with_different_configs_fail_naming_both_and_the_key(mice_stor
     assert not (tmp_path / "w").exists()  # nothing was started
 
 
+def test_launcher_kills_a_process_that_ignores_sigterm_after_its_grace(tmp_path):
+    """When process 1 fails, the launcher sends process 0 SIGTERM and, since a process blocked in a collective with
+    the failed one never reaches its handler (here: one that ignores SIGTERM), SIGKILL after STOP_GRACE; it exits
+    with process 1's status. The processes are stand-ins for `python -m omnimouse_jax.cli train`."""
+    pid_file = tmp_path / "process_0.pid"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+if [[ $1 == -c ]]; then exec {sys.executable} "$@"; fi
+if [[ " $* " == *" --process-id 1 "* ]]; then sleep 1; exit 3; fi
+trap '' TERM
+echo $$ > {pid_file}
+exec sleep 300
+""")
+    fake.chmod(0o755)
+    start = time.monotonic()
+    proc = _launch(2, ["--workdir", str(tmp_path / "w")], {**os.environ, "PYTHON": str(fake), "STOP_GRACE": "2"},
+                   timeout_s=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "process 1 exited with status 3; stopping the others" in proc.stderr
+    assert time.monotonic() - start < 30
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 # --- the sharded neuron table ---------------------------------------------------------------------------------------
 def test_sharded_row_lookup_moves_rows_not_the_table():
     """take_rows under data=2 x fsdp=4 equals jnp.take in value and gradient; the gradient stays split along rows and
