@@ -392,6 +392,46 @@ def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
     assert np.abs(with_decoder["neuron_table"][...]).max() > 0  # the behavior queries' embeddings do reach it
 
 
+def test_population_decoder_neurons_weigh_each_visible_neuron_by_its_own_row():
+    """population_decoder_neurons adds, at each sample, sqrt(max_neurons) x the mean over visible neurons of
+    (response - offset) x the neuron's own row of weights to the behavior (numpy reference); a hidden response
+    changes nothing, and the behavior's gradient reaches the rows but not the offsets."""
+    cfg = CFG.copy_and_resolve_references()
+    cfg.population_decoder_neurons = True
+    model = OmniMouse(cfg, rngs=nnx.Rngs(23))
+    batch = make_batch(cfg, seed=24)
+    strategy = dataclasses.replace(PRESETS["population_64_response"], n_visible_neurons=8, max_reconstructed_neurons=12)
+    masks = make_masks(strategy_arrays(strategy), batch["neuron_mask"], T)
+    rng = np.random.default_rng(25)
+    offsets = rng.normal(size=model.identity.neuron_offset.shape).astype(np.float32)
+    model.identity.neuron_offset.set_value(jnp.asarray(offsets))
+    weights = rng.normal(size=model.identity.neuron_decoder.shape).astype(np.float32)
+    edited, zeroed = nnx.clone(model), nnx.clone(model)
+    edited.identity.neuron_decoder.set_value(jnp.asarray(weights))
+
+    visible = np.asarray(masks.response_visible) & batch["neuron_mask"][:, None, :]
+    assert visible.any() and not visible.all()
+    deviation = np.where(visible, batch["responses"] - offsets[batch["neuron_index"]][:, None], 0.0)
+    expected = (np.einsum("btn,bnc->btc", deviation, weights[batch["neuron_index"]])
+                / np.maximum(visible.sum(-1, keepdims=True), 1) * np.sqrt(cfg.max_neurons))
+
+    def behavior(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"])
+
+    np.testing.assert_allclose(behavior(edited, batch["responses"]) - behavior(zeroed, batch["responses"]), expected,
+                               rtol=1e-4, atol=1e-4)
+    changed = _with_a_hidden_response_changed(batch, visible)
+    np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
+
+    def identity_grads(m):
+        return nnx.grad(lambda m: forward(m, batch, masks)["behavior"].sum())(m)["identity"]
+
+    with_rows, without = identity_grads(edited), identity_grads(zeroed)
+    np.testing.assert_allclose(with_rows["neuron_offset"][...], without["neuron_offset"][...], rtol=0, atol=1e-6)
+    seen_rows = np.unique(batch["neuron_index"][visible.any(1)])
+    assert np.abs(np.asarray(with_rows["neuron_decoder"][...])[seen_rows]).min() > 0
+
+
 def test_behavior_readout_is_time_resolved(model):
     """`per_step` (the test size's readout) decodes behavior with one query per (channel, readout step) and maps each
     step's output to that step's samples, so changing one step's query changes that step's behavior and no other;

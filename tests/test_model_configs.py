@@ -42,13 +42,15 @@ def test_every_size_traces_and_counts(size):
     model = nnx.eval_shape(lambda: OmniMouse(cfg, rngs=nnx.Rngs(0)))
     counts = count_parameters(model)
     assert counts["total"] == counts["core"] + counts["embedding"]
-    # embedding, readout bias, decoder offset, receptive field (centre, size, lag, duration), and the factorized
-    # video readout's maps (every stage's token cells), channel weights (every stage's width) and lag
+    # embedding, readout bias, decoder offset, receptive field (centre, size, lag, duration), the factorized video
+    # readout's maps (every stage's token cells), channel weights (every stage's width) and lag, and the population
+    # decoder's own weights per behavior channel
     stage_widths = [cfg.video.embed_dim * 2**i for i in range(len(cfg.video.stages))]
     grid_cells = [g[1] * g[2] for g in video_geometry(cfg.video, cfg.num_samples, cfg.frame_shape).grids]
     per_row = cfg.d_neuron_embed + 1 + int(cfg.population_decoder or cfg.population_readout) \
         + 5 * (cfg.video_readout_prior == "gaussian") \
-        + (sum(grid_cells) + sum(stage_widths) + 1) * cfg.video_factorized_readout
+        + (sum(grid_cells) + sum(stage_widths) + 1) * cfg.video_factorized_readout \
+        + cfg.behavior_channels * cfg.population_decoder_neurons
     tables = cfg.num_neuron_rows * per_row + (cfg.num_sessions + cfg.num_animals) * cfg.d_neuron_embed
     assert counts["embedding"] == tables
     assert counts["per_neuron"] == per_row
@@ -98,6 +100,8 @@ def test_bad_config_arguments(arg, match):
     (dict(population_decoder=False), r"config\.model\.population_decoder_lags=4 must be >= 0, and > 0 only with "
                                      r"population_decoder=True"),
     (dict(population_decoder_lags=-1), r"config\.model\.population_decoder_lags=-1 must be >= 0"),
+    (dict(population_decoder=False, population_decoder_lags=0, population_decoder_neurons=True),
+     r"config\.model\.population_decoder_neurons=True .* needs population_decoder=True"),
     (dict(population_decoder_lags=60), r"config\.model\.population_decoder_lags=60 must be below num_samples=60"),
     (dict(history_lags=5), r"config\.model\.history_lags=5 must be >= 0, and > 0 only with history_readout=True"),
     (dict(history_readout=True, history_lags=60), r"config\.model\.history_lags=60 must be below num_samples=60"),

@@ -53,7 +53,7 @@ def _paper_model(size: str) -> ml_collections.ConfigDict:
         # The paper's code: a behavior query per channel, neuron tokens = response features + embedding, random
         # embeddings. tiny and test use our readout and initialization instead (see model_config).
         behavior_readout="per_channel", response_gain=False, neuron_embed_init="random", population_decoder=False,
-        population_decoder_lags=0,
+        population_decoder_lags=0, population_decoder_neurons=False,
         # The paper's code: the decoder's queries read the video tokens and latents of their time window and the
         # global tokens; the session's and animal's embedding is added to every latent and behavior token.
         decoder_video_keys=True, decoder_window_bins=1, video_readout_prior="none", meta_to_latents=True,
@@ -102,6 +102,9 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         # leaves, so the rest trains as without it, with its last 5 visible samples weighed per gap to the target
         # (docs/evaluation.md, "The residual history readout", "The history readout's lags").
         model.update(history_readout=True, history_residual=True, history_lags=5)
+        # Each neuron's own row of decoding weights beside the embedding-based population decoder (docs/evaluation.md,
+        # "Each neuron's own decoding weights").
+        model.population_decoder_neurons = True
         # 128 neurons per example: a much cheaper step, and the paper's regimes (64 visible + 64 held out) still fit.
         # Softplus(beta=1) readout: responses arrive divided by their std (mean ~0.4), where Softplus(0.1)/0.1 has
         # slope 0.04, so the readout's weights must grow ~25x before rates can move; at beta 1 the slope is 0.34.

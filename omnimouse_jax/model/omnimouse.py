@@ -31,6 +31,10 @@ Flow for a block of T samples split into W = T / latent_window time bins:
             population_decoder_lags=L > 0 each channel at sample t reads that vector at samples t - L .. t + L
             (a temporal filter per channel, zero beyond the block), as a ridge decoder over lagged responses does:
             the behavior varies slowly against the sampling rate, and one sample's responses are noisy.
+            With population_decoder_neurons=True each neuron also has a row of weights of its own, one per channel
+            (a per-session table, zero at init): at each sample the mean over visible neurons of its deviation times
+            its row is added to the behavior, the full-rank decoder of which the embedding-based one is a low-rank
+            form. Only the rows train through it.
   history readout (history_readout=True; not in the paper's code): the spike-history and coupling filters of a
             population GLM (Pillow et al. 2008). At each sample, exponentially weighted averages of the neuron's own
             visible deviations from its offset and of the population's mean deviation, over strictly earlier samples
@@ -120,7 +124,8 @@ ADDED_OPTIONS = {"behavior_readout": "per_channel", "response_gain": False, "neu
                  "decoder_video_attention": "joint", "readout_gain": False, "video_skip_readout": False,
                  "video_factorized_readout": False, "population_readout": False, "attention": "xla", "remat": "none",
                  "history_readout": False, "factor_readout": 0, "factor_dynamics": False,
-                 "factor_behavior": False, "population_decoder_lags": 0, "history_residual": False,
+                 "factor_behavior": False, "population_decoder_lags": 0, "population_decoder_neurons": False,
+                 "history_residual": False,
                  "history_lags": 0}
 # The same for config.model.video.
 ADDED_VIDEO_OPTIONS = {"patch_impl": "auto", "encoder": "hiera"}
@@ -222,6 +227,9 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.population_decoder_lags >= 0 and (cfg.population_decoder or not cfg.population_decoder_lags),
          f"population_decoder_lags={cfg.population_decoder_lags} must be >= 0, and > 0 only with "
          "population_decoder=True (it sets the population decoder's window)")
+    need(cfg.population_decoder or not cfg.population_decoder_neurons,
+         "population_decoder_neurons=True gives the population decoder per-neuron weights: it needs "
+         "population_decoder=True")
     need(cfg.population_decoder_lags < cfg.num_samples,
          f"population_decoder_lags={cfg.population_decoder_lags} must be below num_samples={cfg.num_samples}")
     need(not cfg.factor_behavior or cfg.factor_readout > 0,
@@ -315,7 +323,8 @@ class OmniMouse(nnx.Module):
                                                 or cfg.history_readout or cfg.factor_readout > 0),
                                        receptive_fields=cfg.video_readout_prior == "gaussian",
                                        video_readout=((sum(self.readout_cells), sum(self.readout_channels))
-                                                      if cfg.video_factorized_readout else None))
+                                                      if cfg.video_factorized_readout else None),
+                                       decoder_channels=cfg.behavior_channels if cfg.population_decoder_neurons else 0)
         self.response_tokens = ResponseTokenizer(cfg.response_window, cfg.response_stride, d, dtype=dtype, rngs=rngs)
         # Response gain: each neuron's embedding scales its response tokens, so that pooling over neurons can form
         # signed, neuron-specific sums of responses (a decoder's weights) directly. Zero at init.
@@ -576,6 +585,9 @@ class OmniMouse(nnx.Module):
             # Let through, this gradient costs the response regimes (docs/evaluation.md, "The population decoder's
             # window").
             behavior_BxTxC = behavior_BxTxC + self.population_decoder(jax.lax.stop_gradient(pooled_BxTxE))
+        if cfg.population_decoder_neurons:
+            behavior_BxTxC = behavior_BxTxC + self._neuron_decoding(responses_BxTxN, visible_BxTxN,
+                                                                    batch["neuron_index"])
         if self.factor_behavior is not None:
             # A readout of the state the response model infers: the behavior loss does not reshape the factors
             # (docs/evaluation.md, "Behavior from the factors").
@@ -742,6 +754,15 @@ class OmniMouse(nnx.Module):
         count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
         pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
         return pooled_BxTxE * np.sqrt(self.config.max_neurons)
+
+    def _neuron_decoding(self, responses_BxTxN, visible_BxTxN, neuron_index_BxN) -> jax.Array:
+        """(B, T, C): at each sample, the mean over visible neurons of (response - offset) x the neuron's own weight
+        per channel, scaled by sqrt(max_neurons) as in `_population_state`. Only the weights train through it."""
+        deviation_BxTxN = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
+        deviation_BxTxN = jax.lax.stop_gradient(jnp.where(visible_BxTxN, deviation_BxTxN, 0.0))
+        count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
+        weights_BxNxC = self.identity.decoder_weights(neuron_index_BxN)
+        return jnp.einsum("btn,bnc->btc", deviation_BxTxN, weights_BxNxC) / count_BxTx1 * np.sqrt(self.config.max_neurons)
 
     def _factor_completion(self, responses_BxTxN, visible_BxTxN, emb_BxNxE,
                            neuron_index_BxN) -> tuple[jax.Array, jax.Array]:

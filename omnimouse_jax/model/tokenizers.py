@@ -28,16 +28,17 @@ class NeuronIdentity(nnx.Module):
     `receptive_fields`, each neuron's spatio-temporal receptive field (x, y, log size, lag, log duration), which the
     decoder's prior reads (OmniMouse.receptive_fields); with `video_readout` = (cells, channels), each neuron's
     factorized video readout: a signed spatial map over every video stage's cells, a weight per channel and a
-    lag (OmniMouse._video_readout)."""
+    lag (OmniMouse._video_readout); with `decoder_channels`, each neuron's own weight per behavior channel in the
+    population decoder."""
 
     TABLES = ("neuron_table", "neuron_bias", "neuron_offset", "neuron_rf", "neuron_video_map",
-              "neuron_video_features", "neuron_video_lag", "session_table", "animal_table")
+              "neuron_video_features", "neuron_video_lag", "neuron_decoder", "session_table", "animal_table")
     # Grown rows start at zero (no offset, the frame's centre, an empty video map, the initial lag), except the tables
     # in self.random_inits, which start as at construction.
 
     def __init__(self, num_neuron_rows: int, num_sessions: int, num_animals: int, d_embed: int, d_model: int, *,
                  dtype, rngs: nnx.Rngs, offsets: bool = False, receptive_fields: bool = False,
-                 video_readout: tuple[int, int] | None = None):
+                 video_readout: tuple[int, int] | None = None, decoder_channels: int = 0):
         def table(init, shape, *axes):
             return nnx.Param(partitioned(init, *axes)(rngs.params(), shape))
 
@@ -61,6 +62,8 @@ class NeuronIdentity(nnx.Module):
         else:
             self.video_features_init = self.neuron_video_map = self.neuron_video_features = None
             self.neuron_video_lag = None
+        self.neuron_decoder = table(nnx.initializers.zeros_init(), (num_neuron_rows, decoder_channels), "neuron_rows",
+                                    None) if decoder_channels else None
         self.session_table = table(self.embed_init, (num_sessions, d_embed), "sessions", "neuron_embed")
         self.animal_table = table(self.embed_init, (num_animals, d_embed), "animals", "neuron_embed")
         self.project = nnx.Linear(d_embed, d_model, dtype=dtype, param_dtype=jnp.float32,
@@ -91,6 +94,10 @@ class NeuronIdentity(nnx.Module):
         """(map (B, N, cells), channel weights (B, N, channels), raw lag (B, N)) of the factorized video readout."""
         return tuple(take_rows(t[...], neuron_index_BxN, "neuron_rows")
                      for t in (self.neuron_video_map, self.neuron_video_features, self.neuron_video_lag))
+
+    def decoder_weights(self, neuron_index_BxN) -> jax.Array:
+        """(B, N, channels): each neuron's own weights in the population decoder."""
+        return take_rows(self.neuron_decoder[...], neuron_index_BxN, "neuron_rows")
 
     def set_mean_rates(self, rates_R: np.ndarray, beta: float, start_row: int = 0) -> None:
         """Sets the bias of rows [start_row, start_row + R) so that a zero readout predicts `rates_R` through the
