@@ -344,6 +344,24 @@ def test_response_gain_scales_each_neurons_tokens_by_its_embedding():
     assert np.abs(behavior_after(other) - base).max() > 1e-3
 
 
+def _behavior_term_checked(edited, zeroed, batch, masks, visible, expected):
+    """Asserts that `edited`'s behavior exceeds `zeroed`'s (the same model with one term zeroed) by `expected` and that
+    a hidden response changes none of it; returns both models' gradients of the behavior's sum for the identity
+    tables."""
+    def behavior(m, responses):
+        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"])
+
+    np.testing.assert_allclose(behavior(edited, batch["responses"]) - behavior(zeroed, batch["responses"]), expected,
+                               rtol=1e-4, atol=1e-4)
+    changed = _with_a_hidden_response_changed(batch, visible)
+    np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
+
+    def identity_grads(m):
+        return nnx.grad(lambda m: forward(m, batch, masks)["behavior"].sum())(m)["identity"]
+
+    return identity_grads(edited), identity_grads(zeroed)
+
+
 def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
     """The population decoder adds, at each sample t, the sum over lags l in -L..L of p_{t+l} times the kernel's
     tap l (p = 0 outside the block) to the behavior, where p_t = sqrt(max_neurons) x the mean over visible neurons
@@ -373,20 +391,9 @@ def test_population_decoder_is_a_linear_decoder_over_the_visible_neurons(model):
     padded = np.pad(pooled * np.sqrt(CFG.max_neurons), ((0, 0), (lags, lags), (0, 0)))
     expected = sum(padded[:, lags + lag: lags + lag + T] @ kernel[lags + lag] for lag in range(-lags, lags + 1))
 
-    def behavior(m, responses):
-        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"])
-
-    np.testing.assert_allclose(behavior(edited, batch["responses"]) - behavior(zeroed, batch["responses"]), expected,
-                               rtol=1e-4, atol=1e-4)
-    changed = _with_a_hidden_response_changed(batch, visible)
-    np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
-
     # The behavior loss trains the decoder's kernel only: the behavior's gradient with respect to the tables the
     # pooled state is made of (embeddings, offsets) is the same with the decoder as without it.
-    def identity_grads(m):
-        return nnx.grad(lambda m: forward(m, batch, masks)["behavior"].sum())(m)["identity"]
-
-    with_decoder, without = identity_grads(edited), identity_grads(zeroed)
+    with_decoder, without = _behavior_term_checked(edited, zeroed, batch, masks, visible, expected)
     for name in ("neuron_table", "neuron_offset"):
         np.testing.assert_allclose(with_decoder[name][...], without[name][...], rtol=0, atol=1e-6)
     assert np.abs(with_decoder["neuron_table"][...]).max() > 0  # the behavior queries' embeddings do reach it
@@ -415,18 +422,7 @@ def test_population_decoder_neurons_weigh_each_visible_neuron_by_its_own_row():
     expected = (np.einsum("btn,bnc->btc", deviation, weights[batch["neuron_index"]])
                 / np.maximum(visible.sum(-1, keepdims=True), 1) * np.sqrt(cfg.max_neurons))
 
-    def behavior(m, responses):
-        return np.asarray(jax.device_get(forward(m, {**batch, "responses": responses}, masks))["behavior"])
-
-    np.testing.assert_allclose(behavior(edited, batch["responses"]) - behavior(zeroed, batch["responses"]), expected,
-                               rtol=1e-4, atol=1e-4)
-    changed = _with_a_hidden_response_changed(batch, visible)
-    np.testing.assert_array_equal(behavior(edited, changed), behavior(edited, batch["responses"]))
-
-    def identity_grads(m):
-        return nnx.grad(lambda m: forward(m, batch, masks)["behavior"].sum())(m)["identity"]
-
-    with_rows, without = identity_grads(edited), identity_grads(zeroed)
+    with_rows, without = _behavior_term_checked(edited, zeroed, batch, masks, visible, expected)
     np.testing.assert_allclose(with_rows["neuron_offset"][...], without["neuron_offset"][...], rtol=0, atol=1e-6)
     seen_rows = np.unique(batch["neuron_index"][visible.any(1)])
     assert np.abs(np.asarray(with_rows["neuron_decoder"][...])[seen_rows]).min() > 0
