@@ -29,11 +29,15 @@ def distributed_client():
     return jax_distributed.global_state.client
 
 
-def topology_fingerprint(devices) -> int:
-    """The fingerprint of these devices' topology that JAX's persistent compilation cache puts in every key."""
-    # The cache key's device part (jax._src.cache_key) has no public accessor; on the CPU backend it differs between
-    # the processes of one run, on others it should not.
-    return int(xla_client.get_topology_for_devices(list(devices)).fingerprint())
+def topology_fingerprint(devices) -> str:
+    """What JAX's persistent compilation cache puts in every key for these devices: their topology's fingerprint, or
+    where the backend has none, their device kinds."""
+    # The cache key's device part (jax._src.cache_key._hash_accelerator_config) has no public accessor; on the CPU
+    # backend the fingerprint differs between the processes of one run, on others it should not.
+    try:
+        return str(xla_client.get_topology_for_devices(list(devices)).fingerprint())
+    except Exception:  # jaxlib's runtime error for a backend without topologies; JAX then hashes the device kinds
+        return ",".join(d.device_kind for d in devices)
 
 
 def key_impl_of_dtype(dtype):

@@ -148,7 +148,7 @@ def _keep_compile_cache_only_if_shared(timeout_s: int) -> None:
     CPU backend they do (the device topology in each key names the process's own devices): a restarted run would load
     process 0's step from the cache and compile the others' afresh, and those processes hang in their first
     collective (docs/reliability.md). Must run before the first compile, which fixes JAX's choice for the process."""
-    fingerprint = str(_jax_compat.topology_fingerprint(jax.devices()))
+    fingerprint = _jax_compat.topology_fingerprint(jax.devices())
     everyone = _exchange("topology", fingerprint, timeout_s=timeout_s, what="its device topology")
     if everyone is None or len(set(everyone)) == 1:
         return
