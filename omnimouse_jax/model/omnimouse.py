@@ -586,8 +586,10 @@ class OmniMouse(nnx.Module):
             # window").
             behavior_BxTxC = behavior_BxTxC + self.population_decoder(jax.lax.stop_gradient(pooled_BxTxE))
         if cfg.population_decoder_neurons:
-            behavior_BxTxC = behavior_BxTxC + self._neuron_decoding(responses_BxTxN, visible_BxTxN,
-                                                                    batch["neuron_index"])
+            # Only the rows train through it (docs/evaluation.md, "Each neuron's own decoding weights").
+            own_rows_BxNxC = self.identity.decoder_weights(batch["neuron_index"])
+            behavior_BxTxC = behavior_BxTxC + self._population_state(
+                responses_BxTxN, visible_BxTxN, own_rows_BxNxC, batch["neuron_index"], detach_offsets=True)
         if self.factor_behavior is not None:
             # A readout of the state the response model infers: the behavior loss does not reshape the factors
             # (docs/evaluation.md, "Behavior from the factors").
@@ -741,28 +743,23 @@ class OmniMouse(nnx.Module):
         bias = jnp.where(is_video_K, bias, 0.0).transpose(0, 2, 1, 3, 4).reshape(b, w, n * per, -1)
         return jnp.pad(bias, ((0, 0), (0, 0), (0, num_queries - n * per), (0, 0)))
 
-    def _population_state(self, responses_BxTxN, visible_BxTxN, emb_BxNxE, neuron_index_BxN) -> jax.Array:
-        """(B, T, d_embed): at each sample, the mean over visible neurons of (response - offset) x embedding, what the
-        population decoder maps to the channels and the population readout to the neurons. Samples without a visible
-        neuron give 0, so hidden responses never reach it.
+    def _population_state(self, responses_BxTxN, visible_BxTxN, weights_BxNxK, neuron_index_BxN,
+                          detach_offsets: bool = False) -> jax.Array:
+        """(B, T, K): at each sample, the mean over visible neurons of (response - offset) x the neuron's weights:
+        with the embeddings, what the population decoder maps to the channels and the population readout to the
+        neurons; with each neuron's own decoding row, that decoder's per-neuron part. Samples without a visible
+        neuron give 0, so hidden responses never reach it. detach_offsets: no gradient reaches the offsets.
 
         The mean is scaled by sqrt(max_neurons): responses arrive at unit std, so with a full population each
         dimension has about unit variance and the decoder's weights are of order one, within reach of Adam's
         lr-sized steps (unscaled, a weakly tuned channel needs weights of order sqrt(N) / its correlation)."""
-        deviation = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
-        deviation = jnp.where(visible_BxTxN, deviation, 0.0)
+        offset_BxN = self.identity.offset(neuron_index_BxN)
+        if detach_offsets:
+            offset_BxN = jax.lax.stop_gradient(offset_BxN)
+        deviation_BxTxN = jnp.where(visible_BxTxN, responses_BxTxN - offset_BxN[:, None], 0.0)
         count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
-        pooled_BxTxE = jnp.einsum("btn,bne->bte", deviation, emb_BxNxE.astype(jnp.float32)) / count_BxTx1
-        return pooled_BxTxE * np.sqrt(self.config.max_neurons)
-
-    def _neuron_decoding(self, responses_BxTxN, visible_BxTxN, neuron_index_BxN) -> jax.Array:
-        """(B, T, C): at each sample, the mean over visible neurons of (response - offset) x the neuron's own weight
-        per channel, scaled by sqrt(max_neurons) as in `_population_state`. Only the weights train through it."""
-        deviation_BxTxN = responses_BxTxN - self.identity.offset(neuron_index_BxN)[:, None]
-        deviation_BxTxN = jax.lax.stop_gradient(jnp.where(visible_BxTxN, deviation_BxTxN, 0.0))
-        count_BxTx1 = jnp.maximum(visible_BxTxN.sum(-1, keepdims=True), 1).astype(jnp.float32)
-        weights_BxNxC = self.identity.decoder_weights(neuron_index_BxN)
-        return jnp.einsum("btn,bnc->btc", deviation_BxTxN, weights_BxNxC) / count_BxTx1 * np.sqrt(self.config.max_neurons)
+        pooled_BxTxK = jnp.einsum("btn,bnk->btk", deviation_BxTxN, weights_BxNxK.astype(jnp.float32)) / count_BxTx1
+        return pooled_BxTxK * np.sqrt(self.config.max_neurons)
 
     def _factor_completion(self, responses_BxTxN, visible_BxTxN, emb_BxNxE,
                            neuron_index_BxN) -> tuple[jax.Array, jax.Array]:

@@ -19,7 +19,8 @@ from omnimouse_jax.files import write_json_atomic
 
 def use_workdir_cache(workdir: Path) -> None:
     """Caches compiles that take a second or more under workdir/compile_cache, unless a cache is already set (by the
-    user's JAX_COMPILATION_CACHE_DIR, or a test session sharing one cache across its runs)."""
+    user's JAX_COMPILATION_CACHE_DIR, or a test session sharing one cache across its runs). A multi-process run whose
+    processes compute different cache keys has the cache turned off when it joins (parallel.distributed.initialize)."""
     if jax.config.jax_compilation_cache_dir:
         return
     jax.config.update("jax_compilation_cache_dir", str(Path(workdir) / "compile_cache"))
