@@ -147,20 +147,19 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
     # often, as the paper's loader cycles them, "proportional" by its number of windows (docs/evaluation.md).
     config.data = ml_collections.ConfigDict(dict(
         root="data/store", sessions="all", fraction=1.0, weighting="balanced", num_threads=4, prefetch=8))
+    # tiny's 1000 steps, validated and saved every 250: under 10 minutes on 2 quiet cores (docs/evaluation.md,
+    # "The whole test split, and 1000 steps in the same ten minutes"); still far from converged.
+    cpu_period = {"test": 100, "tiny": 250}.get(size)
     config.train = ml_collections.ConfigDict(dict(
-        # tiny's 1000 steps, validated and saved every 250: under 10 minutes on 2 quiet cores (docs/evaluation.md,
-        # "The whole test split, and 1000 steps in the same ten minutes"); still far from converged.
         steps={"test": 200, "tiny": 1000}.get(size, 1_000_000), batch_size=8 if cpu else 64,
-        log_every_steps=10 if cpu else 100, eval_every_steps={"test": 100, "tiny": 250}.get(size, 10_000),
-        eval_batches=8,
+        log_every_steps=10 if cpu else 100, eval_every_steps=cpu_period or 10_000, eval_batches=8,
         tensorboard=True, compile_cache=True,
         # Examples per device per pass: each device's share of the batch runs in passes of this many, gradients
         # added (the same update in less memory); 0: one pass (docs/performance.md).
         device_microbatch=DEVICE_MICROBATCH.get(size, 0)))
     # Mesh axis sizes; -1 takes every device the other axes leave.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.checkpoint = ml_collections.ConfigDict(dict(
-        every_steps={"test": 100, "tiny": 250}.get(size, 5000), keep=3, use_async=True))
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=cpu_period or 5000, keep=3, use_async=True))
     # AdamW as in the paper; per-session parameters (neuron/session/animal tables) get their own lr and decay.
     # tiny: a 0.4M-parameter model on a CPU budget of a few hundred steps takes (and needs) a larger step than the
     # paper's 7e-4 (docs/evaluation.md, "How the training budget was chosen for tiny").

@@ -227,11 +227,11 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.population_decoder_lags >= 0 and (cfg.population_decoder or not cfg.population_decoder_lags),
          f"population_decoder_lags={cfg.population_decoder_lags} must be >= 0, and > 0 only with "
          "population_decoder=True (it sets the population decoder's window)")
+    need(cfg.population_decoder_lags < cfg.num_samples,
+         f"population_decoder_lags={cfg.population_decoder_lags} must be below num_samples={cfg.num_samples}")
     need(cfg.population_decoder or not cfg.population_decoder_neurons,
          "population_decoder_neurons=True gives the population decoder per-neuron weights: it needs "
          "population_decoder=True")
-    need(cfg.population_decoder_lags < cfg.num_samples,
-         f"population_decoder_lags={cfg.population_decoder_lags} must be below num_samples={cfg.num_samples}")
     need(not cfg.factor_behavior or cfg.factor_readout > 0,
          "factor_behavior=True decodes the behavior from the factor readout's factors: it needs factor_readout > 0")
     need(not cfg.history_residual or cfg.history_readout,

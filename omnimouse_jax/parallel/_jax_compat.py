@@ -6,6 +6,7 @@ no backend: that happens only on first use of a device.
 """
 from __future__ import annotations
 
+import jax
 from jax._src import cloud_tpu_init, distributed as jax_distributed, xla_bridge
 from jax._src.lib import xla_client
 
@@ -36,7 +37,7 @@ def topology_fingerprint(devices) -> str:
     # backend the fingerprint differs between the processes of one run, on others it should not.
     try:
         return str(xla_client.get_topology_for_devices(list(devices)).fingerprint())
-    except Exception:  # jaxlib's runtime error for a backend without topologies; JAX then hashes the device kinds
+    except jax.errors.JaxRuntimeError:  # a backend without topologies: the error and fallback JAX's key uses
         return ",".join(d.device_kind for d in devices)
 
 
