@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 
+import jax
 import numpy as np
 import pytest
 
@@ -46,10 +47,12 @@ def _sweep_args(sweep_file, workdir, store, *extra):
 
 @pytest.fixture(scope="module")
 def swept(sweep_file, mice_store, tmp_path_factory):
-    """The micro-sweep run once, two runs at a time; child processes get one CPU device (compiles faster)."""
+    """The micro-sweep run once, two runs at a time; child processes get one CPU device (compiles faster) and this
+    session's compilation cache."""
     workdir = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XLA_FLAGS", without_fake_devices(os.environ.get("XLA_FLAGS", "")))
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
         code = cli.main(_sweep_args(sweep_file, workdir, mice_store, "--processes", "2"))
     return workdir, code
 
@@ -77,6 +80,7 @@ def _unique_tokens(store_root, fraction):
 def test_runs_csv_matches_the_runs_logs(swept, mice_store):
     workdir, code = swept
     assert code == 1  # one run failed
+    assert not (workdir / "compile_cache").exists()  # the runs shared the cache set in JAX_COMPILATION_CACHE_DIR
     rows = {r["name"]: r for r in figures.read_runs(workdir / "runs.csv")}
     assert set(rows) == {"d16-f0.5", "d16-f1", "d32-f0.5", "d32-f1", "broken"}
     for name in ("d16-f0.5", "d16-f1", "d32-f0.5", "d32-f1"):

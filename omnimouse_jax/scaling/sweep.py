@@ -292,12 +292,14 @@ def run_local(sweep: Sweep, *, processes: int = 1, log=print) -> dict[str, dict]
     """Runs every unfinished run as child processes, `processes` at a time; returns the status of every run.
 
     A run of a model size starts only when no other run of that size is running or one has already completed, so each
-    size is compiled once and its other runs load the compiled step from `S/compile_cache`.
+    size is compiled once and its other runs load the compiled step from `S/compile_cache`, or from the cache the user
+    set in JAX_COMPILATION_CACHE_DIR (as `omnimouse train` keeps a cache that is already set).
     """
     if processes < 1:
         raise UserError(f"--processes must be at least 1, got {processes}")
     status = read_status(sweep)
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(sweep.workdir / "compile_cache")}
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(sweep.workdir / "compile_cache")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
     python = [sys.executable, "-m", "omnimouse_jax.cli"]
     todo = []
     for run in sweep.runs:
