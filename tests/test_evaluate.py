@@ -12,6 +12,7 @@ from omnimouse_jax.data.layout import SessionLayout
 from omnimouse_jax.data.store import open_store
 from omnimouse_jax.errors import UserError
 from omnimouse_jax.evaluate import regimes as R
+from omnimouse_jax.evaluate import report
 from omnimouse_jax.model import masking
 
 T, MAX_NEURONS, TRIAL = 60, 32, TRIAL_LENGTH
@@ -84,6 +85,24 @@ def test_input_ablation_in_every_regime_that_shows_the_input(result):
     assert "## Input ablation" in md and "| video_behavior |" in md.split("## Input ablation")[1]
     for name, regimes in res["ablation"]["unused"].items():
         assert (f"WARNING: the model does not use the {name} in regimes {', '.join(regimes)} " in md) == bool(regimes)
+
+
+def test_cli_budget_defaults_are_eval_options_and_the_help_states_them(monkeypatch, tmp_path, capsys):
+    from omnimouse_jax.cli import main
+
+    seen = []
+    monkeypatch.setattr(R, "evaluate_workdir", lambda *args, options, **kwargs: seen.append(options) or {})
+    monkeypatch.setattr(report, "paper_markdown", lambda result: "")
+    monkeypatch.setattr(report, "ablation_warnings", lambda result: [])
+    for argv in ([], ["--train-batches", "7", "--cnn-steps", "9"]):
+        main(["evaluate", "--workdir", str(tmp_path), "--out", str(tmp_path / "eval.json"), *argv])
+    assert seen[0] == R.EvalOptions()
+    assert (seen[1].train_batches, seen[1].cnn_steps) == (7, 9)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"fit on (default: {R.EvalOptions.train_batches})" in text
+    assert f"CNN baseline (default: {R.EvalOptions.cnn_steps})" in text
 
 
 def test_no_ablation_flag(workdir, tmp_path):

@@ -28,8 +28,10 @@ def add_arguments(parser) -> None:
                         help="specialized models as NAME=WORKDIR,... (trained with --config.masking.mix=PRESET)")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="evaluate at most this many batches, spread over the split (default: all)")
-    parser.add_argument("--train-batches", type=int, default=40, help="training batches the baselines are fit on")
-    parser.add_argument("--cnn-steps", type=int, default=150, help="training steps of the CNN baseline")
+    # Their defaults are EvalOptions' (not imported here: building the parser stays free of JAX).
+    parser.add_argument("--train-batches", type=int, default=None,
+                        help="training batches the classical baselines are fit on (default: 400)")
+    parser.add_argument("--cnn-steps", type=int, default=None, help="training steps of the CNN baseline (default: 150)")
     parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the training batch)")
     parser.add_argument("--save-predictions", default="",
                         help="comma-separated regimes whose scored predictions go to OUT_DIR/predictions/REGIME.npz")
@@ -58,8 +60,8 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} {value}: expected a positive number")
     baselines = [] if args.baselines.strip() == "none" else regime_names(args.baselines)
-    options = EvalOptions(max_batches=args.max_batches, train_batches=args.train_batches, cnn_steps=args.cnn_steps,
-                          batch_size=args.batch_size, ablation=args.ablation)
+    budget = {flag: getattr(args, flag) for flag in ("train_batches", "cnn_steps") if getattr(args, flag) is not None}
+    options = EvalOptions(max_batches=args.max_batches, batch_size=args.batch_size, ablation=args.ablation, **budget)
     out = Path(args.out) if args.out else Path(args.workdir) / report.default_out_name(args.split)
     check_writable_file_target(out, "--out")
     result = evaluate_workdir(

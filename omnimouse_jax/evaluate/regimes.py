@@ -118,7 +118,9 @@ class EvalOptions:
     ablation: also score the model with its video and behavior inputs shuffled (module docstring)."""
 
     max_batches: int | None = None
-    train_batches: int = 40
+    # Enough for the LN baseline's per-neuron fits to approach what more data gives (docs/evaluation.md, "The LN
+    # baseline given more data"); `omnimouse evaluate --help` states these defaults.
+    train_batches: int = 400
     cnn_steps: int = 150
     cnn_block: int = 20
     batch_size: int | None = None
