@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     # Their defaults are EvalOptions' (not imported here: building the parser stays free of JAX).
     parser.add_argument("--train-batches", type=int, default=None,
                         help="training batches the classical baselines are fit on (default: 400)")
-    parser.add_argument("--cnn-steps", type=int, default=None, help="training steps of the CNN baseline (default: 150)")
+    parser.add_argument("--cnn-steps", type=int, default=None, help="training steps of the CNN baseline (default: 1000)")
     parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the training batch)")
     parser.add_argument("--save-predictions", default="",
                         help="comma-separated regimes whose scored predictions go to OUT_DIR/predictions/REGIME.npz")

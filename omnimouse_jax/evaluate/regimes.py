@@ -118,10 +118,10 @@ class EvalOptions:
     ablation: also score the model with its video and behavior inputs shuffled (module docstring)."""
 
     max_batches: int | None = None
-    # Enough for the LN baseline's per-neuron fits to approach what more data gives (docs/evaluation.md, "The LN
-    # baseline given more data"); `omnimouse evaluate --help` states these defaults.
+    # Baselines given data and steps comparable to the model they are compared with (docs/evaluation.md, "The
+    # baselines given their data"); `omnimouse evaluate --help` states these defaults.
     train_batches: int = 400
-    cnn_steps: int = 150
+    cnn_steps: int = 1000
     cnn_block: int = 20
     batch_size: int | None = None
     num_threads: int = 2
