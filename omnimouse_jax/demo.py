@@ -19,7 +19,8 @@ from pathlib import Path
 
 from omnimouse_jax.data.store import open_store
 from omnimouse_jax.data.synthetic import DigitalMiceConfig, write_digital_mice
-from omnimouse_jax.evaluate.regimes import EvalOptions, evaluate_workdir
+from omnimouse_jax.evaluate.options import EvalOptions
+from omnimouse_jax.evaluate.regimes import evaluate_workdir
 from omnimouse_jax.evaluate.report import ablation_markdown, paper_markdown
 from omnimouse_jax.files import write_text_atomic
 from omnimouse_jax.resources import shipped

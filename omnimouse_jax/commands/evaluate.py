@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omnimouse_jax.errors import UserError, check_writable_file_target
 from omnimouse_jax.evaluate import report
+from omnimouse_jax.evaluate.options import EvalOptions
 
 
 def add_arguments(parser) -> None:
@@ -28,10 +29,10 @@ def add_arguments(parser) -> None:
                         help="specialized models as NAME=WORKDIR,... (trained with --config.masking.mix=PRESET)")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="evaluate at most this many batches, spread over the split (default: all)")
-    # Their defaults are EvalOptions' (not imported here: building the parser stays free of JAX).
-    parser.add_argument("--train-batches", type=int, default=None,
-                        help="training batches the classical baselines are fit on (default: 400)")
-    parser.add_argument("--cnn-steps", type=int, default=None, help="training steps of the CNN baseline (default: 1000)")
+    parser.add_argument("--train-batches", type=int, default=EvalOptions.train_batches,
+                        help="training batches the classical baselines are fit on (default: %(default)s)")
+    parser.add_argument("--cnn-steps", type=int, default=EvalOptions.cnn_steps,
+                        help="training steps of the CNN baseline (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the training batch)")
     parser.add_argument("--save-predictions", default="",
                         help="comma-separated regimes whose scored predictions go to OUT_DIR/predictions/REGIME.npz")
@@ -53,15 +54,15 @@ def _pairs(text: str) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from omnimouse_jax.evaluate.regimes import EvalOptions, evaluate_workdir, regime_names
+    from omnimouse_jax.evaluate.regimes import evaluate_workdir, regime_names
 
     for flag in ("max_batches", "train_batches", "cnn_steps", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} {value}: expected a positive number")
     baselines = [] if args.baselines.strip() == "none" else regime_names(args.baselines)
-    budget = {flag: getattr(args, flag) for flag in ("train_batches", "cnn_steps") if getattr(args, flag) is not None}
-    options = EvalOptions(max_batches=args.max_batches, batch_size=args.batch_size, ablation=args.ablation, **budget)
+    options = EvalOptions(max_batches=args.max_batches, train_batches=args.train_batches, cnn_steps=args.cnn_steps,
+                          batch_size=args.batch_size, ablation=args.ablation)
     out = Path(args.out) if args.out else Path(args.workdir) / report.default_out_name(args.split)
     check_writable_file_target(out, "--out")
     result = evaluate_workdir(

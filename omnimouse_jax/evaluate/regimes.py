@@ -72,6 +72,7 @@ from omnimouse_jax.evaluate.baselines import MeanBaseline, PersistenceBaseline
 from omnimouse_jax.evaluate.baselines_ln import LNBaseline
 from omnimouse_jax.evaluate.baselines_ridge import RidgeAutoregression, RidgeDecoder, RidgePopulation
 from omnimouse_jax.evaluate.metrics import SENSORIUM_SKIP, MetricSuite, repeated_trials
+from omnimouse_jax.evaluate.options import EvalOptions
 from omnimouse_jax.evaluate.planted import planted_recovery
 from omnimouse_jax.evaluate.report import markdown
 from omnimouse_jax.files import AtomicFile, atomic_open, write_json_atomic, write_text_atomic
@@ -108,24 +109,6 @@ TIER_SCORES = "by_tier"  # the model's scores per tier of a multi-tier split, in
 SUBMISSION_PRESET = "video_behavior"  # the Sensorium task: responses from the video and behavior
 # Seconds between evaluation progress lines (the first and the last batch are always reported).
 PROGRESS_EVERY_S = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalOptions:
-    """Budget knobs. max_batches: evaluate at most this many evaluation batches, spread evenly over the split (None:
-    all). train_batches: training batches the classical baselines are fit on. cnn_steps/cnn_block: the CNN's training
-    steps and window length. batch_size: global evaluation batch (None: the model's training batch size).
-    ablation: also score the model with its video and behavior inputs shuffled (module docstring)."""
-
-    max_batches: int | None = None
-    # Baselines given data and steps comparable to the model they are compared with (docs/evaluation.md, "The
-    # baselines given their data"); `omnimouse evaluate --help` states these defaults.
-    train_batches: int = 400
-    cnn_steps: int = 1000
-    cnn_block: int = 20
-    batch_size: int | None = None
-    num_threads: int = 2
-    ablation: bool = True
 
 
 # --- regime selection -------------------------------------------------------------------------------------------------
