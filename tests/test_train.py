@@ -109,6 +109,28 @@ def test_training_mix_choices(mice_store):
         training_mix(six_step_config(mice_store, **{"masking.mix": "nope"}))
 
 
+
+def test_stimulus_share_moves_that_probability_to_the_two_stimulus_presets(mice_store):
+    """share s: video_only and video_behavior get s / 2 each on top of their paper-mix share, every paper strategy
+    (1 - s) / M, for the M strategies of the uniform paper mix."""
+    from omnimouse_jax.errors import UserError
+    from omnimouse_jax.model import masking
+    from omnimouse_jax.train.session import training_mix
+
+    paper, paper_probs = training_mix(six_step_config(mice_store))
+    m = len(paper)
+    np.testing.assert_allclose(paper_probs, np.full(m, 1 / m))
+    strategies, probs = training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.4}))
+    assert strategies[:m] == paper and len(strategies) == m + 2
+    np.testing.assert_allclose(probs[:m], np.full(m, 0.6 / m))
+    for name in ("video_only", "video_behavior"):
+        total = sum(p for s, p in zip(strategies, probs) if s == masking.PRESETS[name])
+        np.testing.assert_allclose(total, 0.2 + 0.6 / m)
+    with pytest.raises(UserError, match=r"stimulus_share=1.0: expected a probability in \[0, 1\)"):
+        training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 1.0}))
+    with pytest.raises(UserError, match="applies to mix='paper' only"):
+        training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.2, "masking.mix": "video_only"}))
+
 def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(mice_store, six_step_run, tmp_path):
     """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh (the
     shared run's: the test config's mesh is data over every device, and its constant learning rate makes the first

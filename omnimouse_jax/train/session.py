@@ -74,10 +74,24 @@ def configure_model(config, layout: SessionLayout, frame_shape) -> None:
 def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
     """The strategies trained on and their probabilities. config.masking.mix is "paper" (the multi-task mix, scaled to
     config.masking.neuron_counts) or a comma-separated list of named presets (e.g. "video_behavior" trains a
-    specialized single-task model); every strategy must fit the block and the neuron budget."""
+    specialized single-task model); every strategy must fit the block and the neuron budget.
+
+    config.masking.stimulus_share (paper mix only) is the probability that an example draws one of the two
+    stimulus-driven presets, video_only and video_behavior, in equal halves; the rest is the paper mix. 0 is the
+    paper's uniform draw, in which they are 2 of its strategies."""
     mix = config.masking.get("mix", "paper")
+    share = float(config.masking.get("stimulus_share", 0.0))
+    if not 0.0 <= share < 1.0:
+        raise UserError(f"config.masking.stimulus_share={share}: expected a probability in [0, 1)")
+    if share and mix != "paper":
+        raise UserError(f"config.masking.stimulus_share={share} applies to mix='paper' only, not mix={mix!r}; set "
+                        f"it to 0 or name the presets in config.masking.mix")
     if mix == "paper":
         pairs = masking.training_mix(tuple(config.masking.neuron_counts), config.masking.max_reconstructed)
+        paper_total = sum(w for _, w in pairs)
+        pairs = [(s, w * (1.0 - share) / paper_total) for s, w in pairs]
+        if share:
+            pairs += [(masking.PRESETS[name], share / 2) for name in ("video_only", "video_behavior")]
     else:
         names = [n.strip() for n in mix.split(",") if n.strip()]
         unknown = [n for n in names if n not in masking.PRESETS]
