@@ -110,9 +110,9 @@ def test_training_mix_choices(mice_store):
 
 
 
-def test_stimulus_share_moves_that_probability_to_the_two_stimulus_presets(mice_store):
-    """share s: video_only and video_behavior get s / 2 each on top of their paper-mix share, every paper strategy
-    (1 - s) / M, for the M strategies of the uniform paper mix."""
+def test_stimulus_share_moves_that_probability_to_the_stimulus_presets(mice_store):
+    """share s over k presets: each gets s / k on top of its paper-mix share, every paper strategy (1 - s) / M, for
+    the M strategies of the uniform paper mix."""
     from omnimouse_jax.errors import UserError
     from omnimouse_jax.model import masking
     from omnimouse_jax.train.session import training_mix
@@ -120,16 +120,20 @@ def test_stimulus_share_moves_that_probability_to_the_two_stimulus_presets(mice_
     paper, paper_probs = training_mix(six_step_config(mice_store))
     m = len(paper)
     np.testing.assert_allclose(paper_probs, np.full(m, 1 / m))
-    strategies, probs = training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.4}))
-    assert strategies[:m] == paper and len(strategies) == m + 2
-    np.testing.assert_allclose(probs[:m], np.full(m, 0.6 / m))
-    for name in ("video_only", "video_behavior"):
-        total = sum(p for s, p in zip(strategies, probs) if s == masking.PRESETS[name])
-        np.testing.assert_allclose(total, 0.2 + 0.6 / m)
+    for presets, each in (("video_only,video_behavior", 0.2), ("video_behavior", 0.4)):
+        strategies, probs = training_mix(six_step_config(
+            mice_store, **{"masking.stimulus_share": 0.4, "masking.stimulus_presets": presets}))
+        assert strategies[:m] == paper and len(strategies) == m + len(presets.split(","))
+        np.testing.assert_allclose(probs[:m], np.full(m, 0.6 / m))
+        for name in presets.split(","):
+            total = sum(p for s, p in zip(strategies, probs) if s == masking.PRESETS[name])
+            np.testing.assert_allclose(total, each + 0.6 / m)
     with pytest.raises(UserError, match=r"stimulus_share=1.0: expected a probability in \[0, 1\)"):
         training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 1.0}))
     with pytest.raises(UserError, match="applies to mix='paper' only"):
         training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.2, "masking.mix": "video_only"}))
+    with pytest.raises(UserError, match=r"config.masking.stimulus_presets='video': \['video'\] not a preset"):
+        training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.2, "masking.stimulus_presets": "video"}))
 
 def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(mice_store, six_step_run, tmp_path):
     """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh (the

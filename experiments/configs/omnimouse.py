@@ -180,7 +180,7 @@ def get_config(arg: str = "size=tiny") -> ml_collections.ConfigDict:
         mix="paper", draw="example",
         neuron_counts={"test": (4, 8, 16), "tiny": (16, 32, 64)}.get(size, (64, 256, 1024)),
         max_reconstructed=3072,
-        # stimulus_share: the probability of drawing video_only or video_behavior instead of the paper mix (0: the
-        # paper's uniform draw over its strategies, of which they are 2).
-        stimulus_share=0.0))
+        # stimulus_share: the probability of drawing one of stimulus_presets (comma-separated preset names, in equal
+        # parts) instead of the paper mix; 0: the paper's uniform draw over its strategies.
+        stimulus_share=0.0, stimulus_presets="video_only,video_behavior"))
     return config

@@ -76,9 +76,9 @@ def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
     config.masking.neuron_counts) or a comma-separated list of named presets (e.g. "video_behavior" trains a
     specialized single-task model); every strategy must fit the block and the neuron budget.
 
-    config.masking.stimulus_share (paper mix only) is the probability that an example draws one of the two
-    stimulus-driven presets, video_only and video_behavior, in equal halves; the rest is the paper mix. 0 is the
-    paper's uniform draw, in which they are 2 of its strategies."""
+    config.masking.stimulus_share (paper mix only) is the probability that an example draws one of
+    config.masking.stimulus_presets (in equal parts) instead of the paper mix; 0 is the paper's uniform draw over its
+    strategies, of which video_only and video_behavior are 2."""
     mix = config.masking.get("mix", "paper")
     share = float(config.masking.get("stimulus_share", 0.0))
     if not 0.0 <= share < 1.0:
@@ -91,20 +91,27 @@ def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
         paper_total = sum(w for _, w in pairs)
         pairs = [(s, w * (1.0 - share) / paper_total) for s, w in pairs]
         if share:
-            pairs += [(masking.PRESETS[name], share / 2) for name in ("video_only", "video_behavior")]
+            names = _preset_names(config.masking.get("stimulus_presets", "video_only,video_behavior"),
+                                  "config.masking.stimulus_presets")
+            pairs += [(masking.PRESETS[name], share / len(names)) for name in names]
     else:
-        names = [n.strip() for n in mix.split(",") if n.strip()]
-        unknown = [n for n in names if n not in masking.PRESETS]
-        if unknown or not names:
-            raise UserError(f"config.masking.mix={mix!r}: {unknown or 'empty'} not a preset; expected 'paper' or "
-                            f"names from {sorted(masking.PRESETS)}")
-        pairs = [(masking.PRESETS[n], 1.0) for n in names]
+        pairs = [(masking.PRESETS[n], 1.0) for n in _preset_names(mix, "config.masking.mix", "'paper' or ")]
     strategies, weights = zip(*pairs)
     for s in strategies:
         masking.validate_strategy(s, max_neurons=config.model.max_neurons, num_samples=config.model.num_samples,
                                   name="config.masking")
     weights = np.asarray(weights, np.float64)
     return list(strategies), weights / weights.sum()
+
+
+def _preset_names(value, key: str, alternative: str = "") -> list[str]:
+    """Preset names from a comma-separated string or a sequence; UserError naming `key` for an unknown or empty one."""
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
+    unknown = [n for n in names if n not in masking.PRESETS]
+    if unknown or not names:
+        raise UserError(f"{key}={value!r}: {unknown or 'empty'} not a preset; expected {alternative}names from "
+                        f"{sorted(masking.PRESETS)}")
+    return names
 
 
 def check_batch_divides_mesh(config, mesh) -> None:
