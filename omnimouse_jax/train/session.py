@@ -91,7 +91,7 @@ def training_mix(config) -> tuple[list[masking.MaskingStrategy], np.ndarray]:
         paper_total = sum(w for _, w in pairs)
         pairs = [(s, w * (1.0 - share) / paper_total) for s, w in pairs]
         if share:
-            names = _preset_names(config.masking.get("stimulus_presets", "video_only,video_behavior"),
+            names = _preset_names(config.masking.get("stimulus_presets", "video_behavior"),
                                   "config.masking.stimulus_presets")
             pairs += [(masking.PRESETS[name], share / len(names)) for name in names]
     else:
