@@ -109,7 +109,6 @@ def test_training_mix_choices(mice_store):
         training_mix(six_step_config(mice_store, **{"masking.mix": "nope"}))
 
 
-
 def test_stimulus_share_moves_that_probability_to_the_stimulus_presets(mice_store):
     """share s over k presets: each gets s / k on top of its paper-mix share, every paper strategy (1 - s) / M, for
     the M strategies of the uniform paper mix."""
@@ -134,6 +133,7 @@ def test_stimulus_share_moves_that_probability_to_the_stimulus_presets(mice_stor
         training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.2, "masking.mix": "video_only"}))
     with pytest.raises(UserError, match=r"config.masking.stimulus_presets='video': \['video'\] not a preset"):
         training_mix(six_step_config(mice_store, **{"masking.stimulus_share": 0.2, "masking.stimulus_presets": "video"}))
+
 
 def test_fsdp_and_tensor_parallel_mesh_matches_pure_data_parallel(mice_store, six_step_run, tmp_path):
     """data x fsdp x tensor = 2 x 2 x 2 over the 8 fake devices computes the losses of a pure data-parallel mesh (the
